@@ -1,0 +1,1 @@
+"""Pure analysis functions: ΔW rank/spectrum, Monarch/low-rank bounds, kernel metrics."""

@@ -1,0 +1,75 @@
+"""Shared CLI plumbing: one-line errors with exit status 2, common options."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from ntk_peft.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main``; a `UserError` becomes one line on stderr and status 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        return int(main(argv) or 0)
+    except UserError as err:
+        prog = os.path.basename(sys.argv[0]) or "ntk-peft"
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except SystemExit as stop:  # argparse's own exits (--help, usage errors)
+        return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --dtype."""
+    from ntk_peft.models import DEFAULT_MODEL, model_names
+
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{', '.join(model_names())}, a local HF checkpoint folder or an org/name "
+                             f"hub id (default: {DEFAULT_MODEL})")
+    parser.add_argument("--dtype", default="float32", help="model weights dtype (default: float32)")
+
+
+def add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """--template, --label-words, --batch-size, --max-length."""
+    parser.add_argument("--template", default=None,
+                        help="prompt template with {text_a} [{text_b}] and {mask}; default: the task's "
+                             "template for the model kind (masked or causal)")
+    parser.add_argument("--label-words", default=None,
+                        help="comma-separated label words in class order, spaces kept as written, "
+                             "e.g. ' negative, positive'")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--max-length", type=positive_int, default=None,
+                        help="longest prompt in tokens; texts are truncated to fit (default 512)")
+
+
+def parse_label_words(text: str | None) -> list[str] | None:
+    """Split ``--label-words`` on commas, keeping spaces as written."""
+    return None if text is None else text.split(",")

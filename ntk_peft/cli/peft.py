@@ -1,0 +1,104 @@
+"""``ntk-peft``: the toolkit's utility commands.
+
+- ``ntk-peft zeroshot --task sst2 [--model M] [--max-examples N]``: zero-shot
+  accuracy of the label-word prompt on the evaluation set; the last line
+  printed is ``accuracy: <float>``.
+- ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
+  a model, so later runs start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from ntk_peft.cli.common import (
+    Parser,
+    add_model_options,
+    add_prompt_options,
+    parse_label_words,
+    positive_int,
+    run_cli,
+)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="ntk-peft", description="ntk_peft utilities")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    zs = sub.add_parser("zeroshot", help="zero-shot accuracy of the label-word prompt")
+    zs.add_argument("--task", required=True, help="task name, e.g. sst2, mnli (see --help of tasks)")
+    add_model_options(zs)
+    add_prompt_options(zs)
+    zs.add_argument("--split", choices=("eval", "dev", "train"), default="eval",
+                    help="which examples to score (default: the evaluation set)")
+    zs.add_argument("--k", type=positive_int, default=16, help="k-shot split for --split train/dev")
+    zs.add_argument("--seed", type=int, default=42, help="k-shot split seed")
+    zs.add_argument("--max-examples", type=positive_int, default=None,
+                    help="score a random subset of this size (seed 0), for a quick look")
+    zs.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
+    zs.add_argument("--json", dest="json_out", default=None, help="also write the result to this JSON file")
+
+    prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
+    add_model_options(prep)
+    return parser
+
+
+def _zeroshot(args) -> int:
+    import torch
+
+    from ntk_peft.models import load_model
+    from ntk_peft.solvers import accuracy, predict_logits
+    from ntk_peft.tasks import load_split, make_batch
+
+    split = load_split(args.task, k=args.k, seed=args.seed, data_dir=args.data_dir)
+    examples = getattr(split, args.split)
+    if args.max_examples is not None and args.max_examples < len(examples):
+        keep = np.sort(np.random.default_rng(0).permutation(len(examples))[: args.max_examples])
+        examples = [examples[i] for i in keep]
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
+    prompt = dict(template=args.template, label_words=parse_label_words(args.label_words),
+                  max_length=args.max_length)
+    make_batch(tokenizer, split.task, examples[:1], **prompt)  # bad template or label words fail here, early
+    start = time.perf_counter()
+    torch.set_grad_enabled(False)
+    logits = predict_logits(model, tokenizer, split.task, examples, args.batch_size, **prompt)
+    acc = accuracy(logits, examples)
+    counts = np.bincount([e.label for e in examples], minlength=split.task.num_classes)
+    majority = float(counts.max() / len(examples))
+    seconds = time.perf_counter() - start
+    print(f"task: {split.task.name}  model: {args.model}  examples: {len(examples)} ({args.split})")
+    print(f"predicted class counts: {np.bincount(logits.argmax(1).numpy(), minlength=split.task.num_classes).tolist()}"
+          f"  true: {counts.tolist()}")
+    print(f"majority-class rate: {majority:.4f}")
+    print(f"seconds: {seconds:.1f}")
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump({"task": split.task.name, "model": args.model, "split": args.split,
+                       "examples": len(examples), "accuracy": acc, "majority_rate": majority,
+                       "template": args.template, "label_words": parse_label_words(args.label_words),
+                       "seconds": seconds}, handle, indent=2)
+    print(f"accuracy: {acc:.4f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "zeroshot":
+        return _zeroshot(args)
+    from ntk_peft.models import load_model
+
+    model, _ = load_model(args.model, dtype=args.dtype)
+    print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, ready")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

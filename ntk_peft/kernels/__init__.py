@@ -1,0 +1,1 @@
+"""Triton kernels, each beside its torch reference (a subpackage so it never shadows HF's `kernels`)."""

@@ -1,0 +1,1 @@
+"""Empirical NTK engine over parameter subsets (arrives with the eNTK issue)."""

@@ -1,0 +1,26 @@
+"""Few-shot tasks: the 15 LM-BFF tasks, data loading, k-shot splits, prompts."""
+
+from ntk_peft.tasks.batch import iter_batches, make_batch, prompt_mode
+from ntk_peft.tasks.data import Example, Split, load_split, resolve_data_dir, sample_kshot
+from ntk_peft.tasks.registry import TASKS, TaskSpec, get_task, task_names
+from ntk_peft.tasks.templates import CAUSAL, MASKED, Prompt, parse_template, resolve_prompt
+
+__all__ = [
+    "CAUSAL",
+    "MASKED",
+    "TASKS",
+    "Example",
+    "Prompt",
+    "Split",
+    "TaskSpec",
+    "get_task",
+    "iter_batches",
+    "load_split",
+    "make_batch",
+    "parse_template",
+    "prompt_mode",
+    "resolve_data_dir",
+    "resolve_prompt",
+    "sample_kshot",
+    "task_names",
+]

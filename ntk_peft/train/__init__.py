@@ -1,0 +1,1 @@
+"""Prompt-based fine-tuning with any adapter (arrives with the training issue)."""
