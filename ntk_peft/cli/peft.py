@@ -48,8 +48,6 @@ def build_parser() -> Parser:
 
 
 def _zeroshot(args) -> int:
-    import torch
-
     from ntk_peft.models import load_model
     from ntk_peft.solvers import accuracy, predict_logits
     from ntk_peft.tasks import load_split, make_batch
@@ -64,7 +62,6 @@ def _zeroshot(args) -> int:
                   max_length=args.max_length)
     make_batch(tokenizer, split.task, examples[:1], **prompt)  # bad template or label words fail here, early
     start = time.perf_counter()
-    torch.set_grad_enabled(False)
     logits = predict_logits(model, tokenizer, split.task, examples, args.batch_size, **prompt)
     acc = accuracy(logits, examples)
     counts = np.bincount([e.label for e in examples], minlength=split.task.num_classes)

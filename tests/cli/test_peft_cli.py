@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ntk_peft.cli import compare, peft
 from ntk_peft.cli.common import run_cli
@@ -23,6 +24,7 @@ def test_zeroshot_prints_accuracy_last(capsys, tmp_path):
     code, out, _ = _run(capsys, "zeroshot", "--task", "sst2", "--model", "tiny-bert",
                         "--max-examples", "12", "--json", str(out_json))
     assert code == 0
+    assert torch.is_grad_enabled()  # the command must not switch autograd off for its caller
     last = out.strip().splitlines()[-1]
     assert last.startswith("accuracy: ")
     result = json.loads(out_json.read_text())
