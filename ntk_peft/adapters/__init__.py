@@ -1,4 +1,36 @@
-"""Adapter families (RoCoFT rows/columns, LoRA, MoRe, LoRTA, LoRMA, BitFit, IA3, masks).
+"""Adapter families on one protocol (see ../shared/DESIGN.md, "Adapter protocol").
 
-Arrives with the adapters issue; see ../shared/DESIGN.md for the protocol.
+`apply_adapter(model, "lora8")` wraps the targeted Linear layers and returns
+an `AdapterHandle`; `parse_spec` reads the spec grammar shared by the CLI,
+kernels and result files.
 """
+
+from ntk_peft.adapters.base import AdaptedLinear
+from ntk_peft.adapters.handle import AdapterHandle, apply_adapter, input_feature_norms, load_adapter
+from ntk_peft.adapters.lora import LoRAAdapter
+from ntk_peft.adapters.monarch import MonarchAdapter
+from ntk_peft.adapters.rowcol import ColAdapter, RandomEntriesAdapter, RowAdapter, select_indices
+from ntk_peft.adapters.scaling import BiasAdapter, IA3Adapter
+from ntk_peft.adapters.spec import SELECTIONS, VALID_FORMS, AdapterSpec, parse_spec
+from ntk_peft.adapters.targets import resolve_targets
+
+__all__ = [
+    "SELECTIONS",
+    "VALID_FORMS",
+    "AdaptedLinear",
+    "AdapterHandle",
+    "AdapterSpec",
+    "BiasAdapter",
+    "ColAdapter",
+    "IA3Adapter",
+    "LoRAAdapter",
+    "MonarchAdapter",
+    "RandomEntriesAdapter",
+    "RowAdapter",
+    "apply_adapter",
+    "input_feature_norms",
+    "load_adapter",
+    "parse_spec",
+    "resolve_targets",
+    "select_indices",
+]

@@ -1,1 +1,8 @@
-"""Triton kernels, each beside its torch reference (a subpackage so it never shadows HF's `kernels`)."""
+"""Compute kernels, each beside its torch reference.
+
+A subpackage, so it never shadows Hugging Face's top-level ``kernels`` package.
+"""
+
+from ntk_peft.kernels.monarch import monarch_matmul, monarch_matmul_reference
+
+__all__ = ["monarch_matmul", "monarch_matmul_reference"]

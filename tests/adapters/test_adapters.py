@@ -1,0 +1,241 @@
+"""Adapters: exact ΔW against dense references, identity at init, merge, counts, save/load."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntk_peft import label_logits, load_model
+from ntk_peft.adapters import apply_adapter, load_adapter
+from ntk_peft.errors import UserError
+from ntk_peft.tasks import load_split, make_batch
+from tests.kernels.test_monarch_reference import dense_monarch
+
+SPECS = ["row2", "col2", "row2:random", "rand0.1", "lora2", "more2x2", "more3x2", "bias", "ia3"]
+
+
+def _randomise(handle, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1 + (1.0 if p.dim() == 1 and "scale" in str(p.shape) else 0.0))
+
+
+def _batch(tok, n=4):
+    return make_batch(tok, "sst2", load_split("sst2").train[:n])
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-roberta", "tiny-bert"])
+@pytest.mark.parametrize("spec", SPECS)
+def test_identity_at_init_and_exact_delta_after_training_values(name, spec):
+    model, tok = load_model(name, dtype=torch.float64, seed=1)
+    batch = _batch(tok)
+    with torch.no_grad():
+        before = label_logits(model, batch)
+    handle = apply_adapter(model, spec, seed=3)
+    with torch.no_grad():
+        at_init = label_logits(model, batch)
+    if spec == "ia3":
+        torch.testing.assert_close(at_init, before, rtol=1e-12, atol=1e-14)
+    else:
+        assert torch.equal(at_init, before)
+    _randomise(handle)
+    x = torch.randn(2, 3, 32, dtype=torch.float64)
+    for layer_name, layer in handle.layers.items():
+        if layer.in_features != 32:
+            continue
+        delta_b = layer.delta_bias()
+        bias = layer.base.bias if delta_b is None else (0 if layer.base.bias is None else layer.base.bias) + delta_b
+        expected = F.linear(x, layer.base.weight + layer.delta_weight(), bias)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        adapted = label_logits(model, batch)
+        handle.merge()
+        handle.merge()  # idempotent
+        merged = label_logits(model, batch)
+        handle.unmerge()
+        handle.unmerge()
+        unmerged = label_logits(model, batch)
+    assert not torch.allclose(adapted, before)
+    torch.testing.assert_close(merged, adapted, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(unmerged, adapted, rtol=1e-12, atol=1e-12)
+    assert handle.num_trainable() == sum(p.numel() for p in handle.parameters())
+    original = handle.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(label_logits(original, batch), before, rtol=1e-12, atol=1e-13)
+
+
+def _layer(d_out, d_in, seed=0, bias=True):
+    torch.manual_seed(seed)
+    return nn.Linear(d_in, d_out, bias=bias).double()
+
+
+class _Wrap(nn.Module):
+    """A one-block model so apply_adapter can target a single Linear."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.ModuleDict({"proj": layer})])
+
+
+@pytest.mark.parametrize("shape", [(4, 12), (7, 5), (9, 9)])
+def test_delta_weights_equal_dense_reconstructions(shape):
+    d_out, d_in = shape
+    for spec in ("row2", "col3", "rand0.3", "lora2", "more2x2", "more3x1"):
+        wrap = _Wrap(_layer(d_out, d_in))
+        handle = apply_adapter(wrap, spec, seed=1)
+        _randomise(handle, seed=2)
+        layer = next(iter(handle.layers.values()))
+        dense = torch.zeros(d_out, d_in, dtype=torch.float64)
+        if spec.startswith("row"):
+            for k, row in enumerate(layer.rows.tolist()):
+                dense[row] = layer.delta[k]
+        elif spec.startswith("col"):
+            for k, col in enumerate(layer.cols.tolist()):
+                dense[:, col] = layer.delta[:, k]
+        elif spec.startswith("rand"):
+            for k, flat in enumerate(layer.entries.tolist()):
+                dense[flat // d_in, flat % d_in] = layer.values[k]
+        elif spec.startswith("lora"):
+            dense = layer.scale * layer.B @ layer.A
+        else:
+            blocks = layer.w1.shape[0]
+            full = dense_monarch(layer.w1.detach(), layer.w2.detach())  # padded (N·b_out)×(N·b_in)
+            dense = full[:d_out, :d_in]
+            assert full.shape == (blocks * -(-d_out // blocks), blocks * -(-d_in // blocks))
+        torch.testing.assert_close(layer.delta_weight(), dense, rtol=1e-12, atol=1e-12)
+
+
+def test_more_with_one_block_is_lora_and_reaches_rank_n_r():
+    layer = _layer(16, 16)
+    more = apply_adapter(_Wrap(copy.deepcopy(layer)), "more1x3", seed=0)
+    lora = apply_adapter(_Wrap(copy.deepcopy(layer)), "lora3", seed=0)
+    _randomise(more, 5)
+    m_layer, l_layer = next(iter(more.layers.values())), next(iter(lora.layers.values()))
+    with torch.no_grad():
+        l_layer.A.copy_(m_layer.w1[0])
+        l_layer.B.copy_(m_layer.w2[0])
+    torch.testing.assert_close(m_layer.delta_weight(), l_layer.delta_weight(), rtol=1e-12, atol=1e-13)
+    # Equal parameter counts, LoRA rank r, MoRe rank N·r.
+    more4 = apply_adapter(_Wrap(copy.deepcopy(layer)), "more4x2", seed=0)
+    lora2 = apply_adapter(_Wrap(copy.deepcopy(layer)), "lora2", seed=0)
+    _randomise(more4, 6)
+    _randomise(lora2, 7)
+    assert more4.num_trainable() == lora2.num_trainable() == 64
+    assert torch.linalg.matrix_rank(next(iter(lora2.layers.values())).delta_weight()) == 2
+    assert torch.linalg.matrix_rank(next(iter(more4.layers.values())).delta_weight()) == 8
+
+
+@pytest.mark.parametrize("spec", ["row1", "col2", "rand0.2"])
+def test_optimiser_touches_only_selected_entries(spec):
+    model, tok = load_model("tiny-llama", dtype=torch.float32, seed=0)
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+    handle = apply_adapter(model, spec, seed=0)
+    opt = torch.optim.AdamW(handle.parameters(), lr=1e-2, weight_decay=0.1)
+    batch = _batch(tok)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(label_logits(model, batch), batch["labels"]).backward()
+        opt.step()
+    state_tensors = {id(p) for p in opt.state}
+    assert state_tensors == {id(p) for p in handle.parameters()}
+    assert sum(s["exp_avg"].numel() for s in opt.state.values()) == handle.num_trainable()
+    handle.merge()
+    changed_any = False
+    for name, layer in handle.layers.items():
+        diff = (layer.base.weight - originals[f"{name}.weight"]) != 0
+        allowed = torch.zeros_like(diff)
+        if spec.startswith("row"):
+            allowed[layer.rows] = True
+        elif spec.startswith("col"):
+            allowed[:, layer.cols] = True
+        else:
+            allowed.view(-1)[layer.entries] = True
+        assert not (diff & ~allowed).any(), name
+        changed_any |= bool(diff.any())
+    assert changed_any
+    for name, p in model.named_parameters():  # everything else is untouched
+        if not any(name.startswith(layer) for layer in handle.layers):
+            assert torch.equal(p, originals[name]), name
+
+
+def test_roberta_base_row_counts_match_rocoft():
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    with torch.device("meta"):
+        model = RobertaForMaskedLM(RobertaConfig())
+    assert apply_adapter(model, "row1").num_trainable() == 82_944
+    with torch.device("meta"):
+        model = RobertaForMaskedLM(RobertaConfig())
+    assert apply_adapter(model, "row3").num_trainable() == 248_832
+
+
+def test_grouped_query_shapes_of_smollm2(smollm2):
+    k_proj = smollm2[0].model.layers[0].self_attn.k_proj
+    assert (k_proj.out_features, k_proj.in_features) == (192, 576)
+    x = torch.randn(2, 576)
+    for spec in ("row1", "col1", "lora4", "more4x8", "more5x8", "rand0.001", "bias", "ia3"):
+        layer = copy.deepcopy(k_proj)
+        handle = apply_adapter(_Wrap(layer), spec, targets="all", seed=0)
+        _randomise(handle, 1)
+        adapted = next(iter(handle.layers.values()))
+        delta_b = adapted.delta_bias()
+        expected = F.linear(x, layer.weight + adapted.delta_weight(), delta_b)
+        torch.testing.assert_close(adapted(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_targets_and_bad_targets(tiny_models):
+    model = copy.deepcopy(tiny_models["tiny-llama"][0])
+    attn = apply_adapter(model, "lora1", targets="attn")
+    assert len(attn.layers) == 2 * 4 and all("self_attn" in n for n in attn.layers)
+    attn.remove()
+    names = apply_adapter(model, "row1", targets="q_proj,down")
+    assert sorted({n.rsplit(".", 1)[1] for n in names.layers}) == ["down_proj", "q_proj"]
+    with pytest.raises(UserError, match="already carries an adapter"):
+        apply_adapter(model, "row1")
+    names.remove()
+    with pytest.raises(UserError, match="target 'query' matches no Linear|target 'nothing' matches"):
+        apply_adapter(model, "row1", targets="nothing")
+    with pytest.raises(UserError, match="rank 99 is larger than the 32 rows"):
+        apply_adapter(model, "row99")
+    with pytest.raises(UserError, match="needs a calibration batch"):
+        apply_adapter(model, "row1:wanda-max")
+
+
+@pytest.mark.parametrize("selection", ["wanda-max", "wanda-min", "wanda-mixed"])
+def test_wanda_selection_picks_by_score(selection):
+    model, tok = load_model("tiny-bert", dtype=torch.float64, seed=0)
+    batch = _batch(tok, 6)
+    handle = apply_adapter(model, f"row4:{selection}", calibration=batch)
+    from ntk_peft.adapters import input_feature_norms, resolve_targets
+    from ntk_peft.adapters.rowcol import wanda_scores
+
+    handle.remove()
+    targets = resolve_targets(model, "all")
+    norms = input_feature_norms(model, targets, batch)
+    handle = apply_adapter(model, f"row4:{selection}", calibration=batch)
+    for target in targets:
+        scores = wanda_scores(target.module.weight.double(), norms[target.name], "row")
+        order = torch.argsort(scores, descending=True).tolist()
+        expect = {"wanda-max": order[:4], "wanda-min": order[-4:], "wanda-mixed": order[:2] + order[-2:]}[selection]
+        assert handle.layers[target.name].rows.tolist() == sorted(expect)
+
+
+@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3"])
+def test_save_and_load_give_identical_outputs(tmp_path, spec):
+    model, tok = load_model("tiny-roberta", dtype=torch.float32, seed=0)
+    handle = apply_adapter(model, spec, seed=4)
+    _randomise(handle, 9)
+    batch = _batch(tok)
+    with torch.no_grad():
+        expected = label_logits(model, batch)
+    handle.save(tmp_path)
+    fresh, _ = load_model("tiny-roberta", dtype=torch.float32, seed=0)
+    loaded = load_adapter(fresh, tmp_path)
+    assert str(loaded.spec) == spec
+    with torch.no_grad():
+        assert torch.equal(label_logits(fresh, batch), expected)
