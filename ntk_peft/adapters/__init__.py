@@ -6,8 +6,10 @@ kernels and result files.
 """
 
 from ntk_peft.adapters.base import AdaptedLinear
+from ntk_peft.adapters.cp import CPAdapter, CPFactors
 from ntk_peft.adapters.handle import AdapterHandle, apply_adapter, input_feature_norms, load_adapter
 from ntk_peft.adapters.lora import LoRAAdapter
+from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter, inflated_matrix
 from ntk_peft.adapters.monarch import MonarchAdapter
 from ntk_peft.adapters.rowcol import ColAdapter, RandomEntriesAdapter, RowAdapter, select_indices
 from ntk_peft.adapters.scaling import BiasAdapter, IA3Adapter
@@ -21,13 +23,18 @@ __all__ = [
     "AdapterHandle",
     "AdapterSpec",
     "BiasAdapter",
+    "CPAdapter",
+    "CPFactors",
     "ColAdapter",
     "IA3Adapter",
     "LoRAAdapter",
+    "LoRMAPiAdapter",
+    "LoRMAPlusAdapter",
     "MonarchAdapter",
     "RandomEntriesAdapter",
     "RowAdapter",
     "apply_adapter",
+    "inflated_matrix",
     "input_feature_norms",
     "load_adapter",
     "parse_spec",

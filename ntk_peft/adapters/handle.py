@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from ntk_peft.adapters.base import AdaptedLinear
+from ntk_peft.adapters.cp import CPAdapter, CPFactors
 from ntk_peft.adapters.lora import LoRAAdapter
+from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter
 from ntk_peft.adapters.monarch import MonarchAdapter
 from ntk_peft.adapters.rowcol import ColAdapter, RandomEntriesAdapter, RowAdapter, select_indices, wanda_scores
 from ntk_peft.adapters.scaling import BiasAdapter, IA3Adapter
@@ -23,8 +25,8 @@ from ntk_peft.adapters.spec import AdapterSpec, parse_spec
 from ntk_peft.adapters.targets import Target, resolve_targets
 from ntk_peft.errors import UserError
 
-IA3_DEFAULT_TARGETS = "k,v,down"
-SUPPORTED = ("full", "row", "col", "rand", "lora", "more", "bias", "ia3")
+DEFAULT_TARGETS = {"ia3": "k,v,down", "cp": "attn"}  # IA3's and LoRTA's own choices; others: all
+SUPPORTED = ("full", "row", "col", "rand", "lora", "more", "cp", "lorma+", "lormapi", "bias", "ia3")
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -154,7 +156,33 @@ class AdapterHandle:
         return folder
 
 
-def _build_layer(spec: AdapterSpec, target: Target, generator: torch.Generator, norms, ia3_feedforward) -> AdaptedLinear:
+def head_dim_of(model: nn.Module) -> int:
+    """Attention head size from the model config (LoRTA's output-within-head mode)."""
+    config = model.config
+    size = getattr(config, "head_dim", None)
+    return int(size or config.hidden_size // config.num_attention_heads)
+
+
+def cp_factors_for(model: nn.Module, spec: AdapterSpec, targets: list[Target], generator: torch.Generator,
+                   alpha: float | None) -> tuple[CPFactors, dict[str, int]]:
+    """LoRTA's shared factors sized for the targets, and each matrix type's index.
+
+    The input mode has the largest d_in, the head mode the most heads
+    (d_out / head_dim) among the targets; a smaller layer uses the leading
+    rows (grouped-query k/v projections use the first heads).
+    """
+    head_dim = head_dim_of(model)
+    kinds = list(dict.fromkeys(t.matrix for t in targets))
+    weight = targets[0].module.weight
+    factors = CPFactors(max(t.module.in_features for t in targets), head_dim,
+                        max(-(-t.module.out_features // head_dim) for t in targets),
+                        max(t.layer for t in targets) + 1, len(kinds), spec.rank, alpha=alpha,
+                        generator=generator, dtype=weight.dtype, device=weight.device)
+    return factors, {kind: i for i, kind in enumerate(kinds)}
+
+
+def _build_layer(spec: AdapterSpec, target: Target, generator: torch.Generator, norms, ia3_feedforward,
+                 alpha: float | None = None) -> AdaptedLinear:
     base = target.module
     if spec.kind in ("row", "col"):
         size = base.out_features if spec.kind == "row" else base.in_features
@@ -174,6 +202,12 @@ def _build_layer(spec: AdapterSpec, target: Target, generator: torch.Generator, 
         return LoRAAdapter(base, spec.rank, generator=generator)
     if spec.kind == "more":
         return MonarchAdapter(base, spec.blocks, spec.rank, generator)
+    if spec.kind in ("lorma+", "lormapi"):
+        n = base.in_features if spec.post else base.out_features
+        if spec.rank > n:
+            raise UserError(f"{spec}: rank {spec.rank} is larger than n = {n} of {target.name}")
+        cls = LoRMAPlusAdapter if spec.kind == "lorma+" else LoRMAPiAdapter
+        return cls(base, spec.rank, alpha=alpha, post=spec.post, generator=generator)
     if spec.kind == "bias":
         return BiasAdapter(base)
     return IA3Adapter(base, feedforward=ia3_feedforward(target))
@@ -189,10 +223,12 @@ def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list
             parameters are frozen unless ``spec`` is ``full``).
         spec: adapter spec string (see `ntk_peft.adapters.spec`).
         targets: ``all``, ``attn``, ``mlp``, types, names or patterns
-            (see `ntk_peft.adapters.targets`); default ``all``, for IA3 ``k,v,down``.
+            (see `ntk_peft.adapters.targets`); default ``all``, for IA3
+            ``k,v,down``, for LoRTA ``attn`` (the papers' choices).
         seed: seeds random initialisations and selections.
         calibration: a prompt batch, needed by ``wanda-*`` selections.
-        alpha, dropout: LoRA's scale numerator (default r) and input dropout.
+        alpha, dropout: scale numerator of LoRA, LoRMA and LoRTA (s = α/r,
+            default α = r) and LoRA's input dropout.
 
     Returns:
         `AdapterHandle`.
@@ -201,10 +237,10 @@ def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list
     if spec.kind not in SUPPORTED:
         raise UserError(f"adapter {spec} is not available yet; available: full, row, col, rand, lora, more, bias, ia3")
     if targets is None:
-        targets = IA3_DEFAULT_TARGETS if spec.kind == "ia3" else "all"
+        targets = DEFAULT_TARGETS.get(spec.kind, "all")
     chosen = resolve_targets(model, targets)
     options = {"targets": targets if isinstance(targets, str) else ",".join(targets), "seed": seed}
-    if spec.kind == "lora":
+    if spec.kind in ("lora", "lorma+", "lormapi", "cp"):
         options.update(alpha=alpha, dropout=dropout)
     if spec.kind == "full":
         for p in model.parameters():
@@ -220,9 +256,15 @@ def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list
     for p in model.parameters():
         p.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
-    layers, originals = {}, {}
+    layers, originals, shared = {}, {}, nn.ModuleDict()
+    if spec.kind == "cp":
+        shared["cp"], matrix_index = cp_factors_for(model, spec, chosen, generator, alpha)
     for target in chosen:
-        layer = _build_layer(spec, target, generator, norms, lambda t: t.matrix in ("down",))
+        if spec.kind == "cp":
+            layer = CPAdapter(target.module, shared["cp"], target.layer, matrix_index[target.matrix],
+                              shared["cp"].head_dim)
+        else:
+            layer = _build_layer(spec, target, generator, norms, lambda t: t.matrix in ("down",), alpha)
         if spec.kind == "lora" and dropout:
             layer.dropout = nn.Dropout(dropout)
         if spec.kind == "lora" and alpha is not None:
@@ -230,7 +272,7 @@ def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list
         layers[target.name], originals[target.name] = layer, target.module
     for name, layer in layers.items():
         _set_module(model, name, layer)
-    return AdapterHandle(model, spec, list(layers), layers, originals, options=options)
+    return AdapterHandle(model, spec, list(layers), layers, originals, shared=shared, options=options)
 
 
 def load_adapter(model: nn.Module, folder: str | Path) -> AdapterHandle:

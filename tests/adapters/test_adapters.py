@@ -15,14 +15,16 @@ from ntk_peft.errors import UserError
 from ntk_peft.tasks import load_split, make_batch
 from tests.kernels.test_monarch_reference import dense_monarch
 
-SPECS = ["row2", "col2", "row2:random", "rand0.1", "lora2", "more2x2", "more3x2", "bias", "ia3"]
+SPECS = ["row2", "col2", "row2:random", "rand0.1", "lora2", "more2x2", "more3x2", "cp2", "lorma+2",
+         "lorma+2:post", "lormapi2", "lormapi2:post", "bias", "ia3"]
+NOT_BITWISE_AT_INIT = ("ia3", "lormapi2", "lormapi2:post")  # multiplicative: identity up to rounding
 
 
 def _randomise(handle, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in handle.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1 + (1.0 if p.dim() == 1 and "scale" in str(p.shape) else 0.0))
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
 
 
 def _batch(tok, n=4):
@@ -39,7 +41,7 @@ def test_identity_at_init_and_exact_delta_after_training_values(name, spec):
     handle = apply_adapter(model, spec, seed=3)
     with torch.no_grad():
         at_init = label_logits(model, batch)
-    if spec == "ia3":
+    if spec in NOT_BITWISE_AT_INIT:
         torch.testing.assert_close(at_init, before, rtol=1e-12, atol=1e-14)
     else:
         assert torch.equal(at_init, before)
@@ -225,7 +227,7 @@ def test_wanda_selection_picks_by_score(selection):
         assert handle.layers[target.name].rows.tolist() == sorted(expect)
 
 
-@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3"])
+@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3", "cp2", "lormapi2"])
 def test_save_and_load_give_identical_outputs(tmp_path, spec):
     model, tok = load_model("tiny-roberta", dtype=torch.float32, seed=0)
     handle = apply_adapter(model, spec, seed=4)
@@ -239,3 +241,18 @@ def test_save_and_load_give_identical_outputs(tmp_path, spec):
     assert str(loaded.spec) == spec
     with torch.no_grad():
         assert torch.equal(label_logits(fresh, batch), expected)
+
+
+def test_cp_shares_one_factor_set_and_counts_lorta_formula(smollm2):
+    """LoRTA on SmolLM2 shapes (grouped-query k/v 576 -> 192): (d + d/h + h + L + M)·r."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**{k: getattr(smollm2[0].config, k) for k in (
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "vocab_size")}))
+    handle = apply_adapter(model, "cp4")
+    assert len(handle.layers) == 30 * 4
+    assert handle.num_trainable() == (576 + 64 + 9 + 30 + 4) * 4
+    assert handle.num_trainable() == sum(p.numel() for p in handle.parameters())
+    assert all(layer.num_params() == 0 for layer in handle.layers.values())
