@@ -3,6 +3,8 @@
 - ``ntk-peft zeroshot --task sst2 [--model M] [--max-examples N]``: zero-shot
   accuracy of the label-word prompt on the evaluation set; the last line
   printed is ``accuracy: <float>``.
+- ``ntk-peft params --adapter SPEC [--adapter ...] [--model M]``: trainable
+  parameter counts on a model's shapes (built on the meta device, no weights).
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
   a model, so later runs start fast.
 """
@@ -41,6 +43,13 @@ def build_parser() -> Parser:
                     help="score a random subset of this size (seed 0), for a quick look")
     zs.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
     zs.add_argument("--json", dest="json_out", default=None, help="also write the result to this JSON file")
+
+    count = sub.add_parser("params", help="trainable parameter counts of adapter specs on a model's shapes")
+    count.add_argument("--adapter", action="append", required=True,
+                       help="adapter spec (repeatable), e.g. row1, lora8, more4x8, cp16, lormapi8")
+    count.add_argument("--model", default="smollm2-135m",
+                       help="any model name of --model elsewhere, or roberta-base-shape (default: smollm2-135m)")
+    count.add_argument("--targets", default=None, help="all, attn, mlp, types, names or patterns (default per adapter)")
 
     prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
     add_model_options(prep)
@@ -82,10 +91,28 @@ def _zeroshot(args) -> int:
     return 0
 
 
+def _params(args) -> int:
+    from ntk_peft.adapters import apply_adapter, parse_spec
+    from ntk_peft.models import model_skeleton
+
+    specs = [parse_spec(text) for text in args.adapter]  # bad specs fail before any model is built
+    total = sum(p.numel() for p in model_skeleton(args.model).parameters())
+    print(f"model: {args.model}  parameters: {total:,}")
+    print(f"{'adapter':<16}{'layers':>8}{'trainable':>14}{'% of model':>12}")
+    for spec in specs:
+        handle = apply_adapter(model_skeleton(args.model), spec, args.targets)
+        count = handle.num_trainable()
+        layers = len(handle.layers) if handle.layers else len(handle.targets)
+        print(f"{str(spec):<16}{layers:>8}{count:>14,}{100 * count / total:>11.4f}%")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "zeroshot":
         return _zeroshot(args)
+    if args.command == "params":
+        return _params(args)
     from ntk_peft.models import load_model
 
     model, _ = load_model(args.model, dtype=args.dtype)

@@ -66,6 +66,35 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype=torch.float32, *, seed: 
     )
 
 
+SKELETONS = {"roberta-base-shape": "RoBERTa-base shapes (transformers' default RobertaConfig)"}
+
+
+def model_skeleton(name_or_path: str = DEFAULT_MODEL):
+    """A model with the right shapes on the meta device (no weights), for counting.
+
+    Accepts every `load_model` name plus ``roberta-base-shape``.
+    """
+    from transformers import AutoConfig, RobertaConfig, RobertaForMaskedLM
+
+    name = str(name_or_path)
+    if name == "roberta-base-shape":
+        with torch.device("meta"):
+            return RobertaForMaskedLM(RobertaConfig())
+    if name in TINY_MODELS:
+        model, _ = tiny_model(name)
+        return model
+    if name.lower() in SMOLLM2_ALIASES:
+        name = str(smollm2_checkpoint())
+    elif not (Path(name).is_dir() or looks_like_hub_name(name)):
+        raise UserError(f"unknown model {name!r}; valid: {', '.join(model_names())}, roberta-base-shape, "
+                        f"a local Hugging Face checkpoint folder, or an org/name hub id")
+    from ntk_peft.models.pretrained import _model_class
+
+    config = AutoConfig.from_pretrained(name)
+    with torch.device("meta"):
+        return _model_class(config).from_config(config)
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "SMOLLM2",
@@ -75,6 +104,7 @@ __all__ = [
     "lm_head",
     "load_model",
     "model_names",
+    "model_skeleton",
     "parse_dtype",
     "position_ids",
     "smollm2_checkpoint",

@@ -180,7 +180,8 @@ def test_grouped_query_shapes_of_smollm2(smollm2):
     k_proj = smollm2[0].model.layers[0].self_attn.k_proj
     assert (k_proj.out_features, k_proj.in_features) == (192, 576)
     x = torch.randn(2, 576)
-    for spec in ("row1", "col1", "lora4", "more4x8", "more5x8", "rand0.001", "bias", "ia3"):
+    for spec in ("row1", "col1", "lora4", "more4x8", "more5x8", "rand0.001", "lorma+4", "lorma+4:post",
+                 "lormapi4", "lormapi4:post", "bias", "ia3"):
         layer = copy.deepcopy(k_proj)
         handle = apply_adapter(_Wrap(layer), spec, targets="all", seed=0)
         _randomise(handle, 1)
@@ -256,3 +257,13 @@ def test_cp_shares_one_factor_set_and_counts_lorta_formula(smollm2):
     assert handle.num_trainable() == (576 + 64 + 9 + 30 + 4) * 4
     assert handle.num_trainable() == sum(p.numel() for p in handle.parameters())
     assert all(layer.num_params() == 0 for layer in handle.layers.values())
+
+
+@pytest.mark.parametrize("spec", ["lormapi8", "lormapi8:post"])
+def test_lorma_pi_is_identity_at_init_in_fp32_on_smollm2_layer(smollm2, spec):
+    layer = copy.deepcopy(smollm2[0].model.layers[3].self_attn.v_proj)
+    x = torch.randn(4, layer.in_features)
+    expected = layer(x)
+    handle = apply_adapter(_Wrap(layer), spec, targets="all")
+    got = next(iter(handle.layers.values()))(x)
+    assert (got - expected).abs().max() <= 1e-6 * expected.abs().max()

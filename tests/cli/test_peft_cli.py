@@ -79,3 +79,23 @@ def test_console_script_exit_status():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "unknown task 'nope'" in proc.stderr
+
+
+def test_params_table_on_roberta_base_shapes(capsys):
+    code, out, _ = _run(capsys, "params", "--model", "roberta-base-shape", "--adapter", "row1",
+                        "--adapter", "row3", "--adapter", "cp4")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[2] for line in out.splitlines()[2:]}
+    assert rows == {"row1": "82,944", "row3": "248,832", "cp4": f"{(768 + 64 + 12 + 12 + 4) * 4:,}"}
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("row0", "bad adapter spec 'row0'"), ("rowx", "bad adapter spec 'rowx'"), ("lora", "bad adapter spec 'lora'"),
+    ("more0x4", "bad adapter spec 'more0x4'"), ("row1:best", "unknown selection 'best'"),
+    ("lora99", "rank 99 is larger than min(d_out, d_in)"), ("row40", "rank 40 is larger than the 32 rows"),
+    ("more4x99", "block rank 99 exceeds the block size"),
+])
+def test_bad_adapter_specs_exit_2_with_one_line(capsys, spec, match):
+    code, _, err = _run(capsys, "params", "--model", "tiny-llama", "--adapter", spec)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert match in err
