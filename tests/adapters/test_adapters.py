@@ -179,16 +179,16 @@ def test_roberta_base_row_counts_match_rocoft():
 def test_grouped_query_shapes_of_smollm2(smollm2):
     k_proj = smollm2[0].model.layers[0].self_attn.k_proj
     assert (k_proj.out_features, k_proj.in_features) == (192, 576)
-    x = torch.randn(2, 576)
+    x = torch.randn(2, 576, dtype=torch.float64)
     for spec in ("row1", "col1", "lora4", "more4x8", "more5x8", "rand0.001", "lorma+4", "lorma+4:post",
                  "lormapi4", "lormapi4:post", "bias", "ia3"):
-        layer = copy.deepcopy(k_proj)
+        layer = copy.deepcopy(k_proj).double()  # the real weights, in float64 for an exact check
         handle = apply_adapter(_Wrap(layer), spec, targets="all", seed=0)
         _randomise(handle, 1)
         adapted = next(iter(handle.layers.values()))
         delta_b = adapted.delta_bias()
         expected = F.linear(x, layer.weight + adapted.delta_weight(), delta_b)
-        torch.testing.assert_close(adapted(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(adapted(x), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_targets_and_bad_targets(tiny_models):
