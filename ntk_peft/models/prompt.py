@@ -11,6 +11,8 @@ on either padding side.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,44 @@ def lm_head(model: nn.Module) -> nn.Module:
     return head
 
 
+@dataclass(frozen=True)
+class HeadSplit:
+    """An LM head as ``logits = transform(h) · weightᵀ + bias``.
+
+    ``weight`` ``[V, d]`` is often tied to the input embedding; the eNTK
+    engine reads the label words' rows of it.
+    """
+
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+
+def split_lm_head(model: nn.Module) -> HeadSplit | None:
+    """The head of Llama-style, BERT and RoBERTa models as a `HeadSplit`; else None."""
+    head = lm_head(model)
+    if isinstance(head, nn.Linear):  # causal LMs: no transform
+        return HeadSplit(lambda h: h, head.weight, head.bias)
+    predictions = getattr(head, "predictions", None)
+    if predictions is not None and isinstance(getattr(predictions, "decoder", None), nn.Linear):  # BERT
+        return HeadSplit(predictions.transform, predictions.decoder.weight, predictions.decoder.bias)
+    if all(isinstance(getattr(head, n, None), nn.Module) for n in ("dense", "layer_norm", "decoder")):  # RoBERTa
+        from transformers.models.roberta.modeling_roberta import gelu
+
+        return HeadSplit(lambda h: head.layer_norm(gelu(head.dense(h))), head.decoder.weight, head.decoder.bias)
+    return None
+
+
+def readout_logits(model: nn.Module, hidden: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
+    """Label-word logits from read-out hidden states ``[B, H]``: ``[B, C]``."""
+    split = split_lm_head(model)
+    words = words.to(hidden.device)
+    if split is None:  # any other head: full vocabulary at B positions, then the label words
+        return lm_head(model)(hidden)[:, words]
+    bias = None if split.bias is None else split.bias[words]
+    return F.linear(split.transform(hidden), split.weight[words], bias)
+
+
 def label_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     """Logits of the label words at each example's read-out position.
 
@@ -73,10 +113,4 @@ def label_logits(model: nn.Module, batch: dict) -> torch.Tensor:
     Returns:
         ``[B, C]`` in the model's dtype.
     """
-    hidden = readout_hidden(model, batch)
-    words = batch["label_token_ids"].to(hidden.device)
-    head = lm_head(model)
-    if isinstance(head, nn.Linear):  # only the label words' rows of the output matrix
-        bias = None if head.bias is None else head.bias[words]
-        return F.linear(hidden, head.weight[words], bias)
-    return head(hidden)[:, words]
+    return readout_logits(model, readout_hidden(model, batch), batch["label_token_ids"])
