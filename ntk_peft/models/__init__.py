@@ -15,7 +15,15 @@ from ntk_peft.models.pretrained import (
     looks_like_hub_name,
     smollm2_checkpoint,
 )
-from ntk_peft.models.prompt import label_logits, lm_head, position_ids
+from ntk_peft.models.prompt import (
+    HeadSplit,
+    label_logits,
+    lm_head,
+    position_ids,
+    readout_hidden,
+    readout_logits,
+    split_lm_head,
+)
 from ntk_peft.models.tiny import TINY_MODELS, tiny_model, tiny_tokenizer
 
 DEFAULT_MODEL = SMOLLM2
@@ -97,6 +105,7 @@ def model_skeleton(name_or_path: str = DEFAULT_MODEL):
 
 __all__ = [
     "DEFAULT_MODEL",
+    "HeadSplit",
     "SMOLLM2",
     "TINY_MODELS",
     "cache_dir",
@@ -107,7 +116,10 @@ __all__ = [
     "model_skeleton",
     "parse_dtype",
     "position_ids",
+    "readout_hidden",
+    "readout_logits",
     "smollm2_checkpoint",
+    "split_lm_head",
     "tiny_model",
     "tiny_tokenizer",
 ]

@@ -1,1 +1,22 @@
-"""Empirical NTK engine over parameter subsets (arrives with the eNTK issue)."""
+"""Empirical NTK engine over parameter subsets.
+
+`empirical_ntk(model, batch1, batch2, subsets, implementation)` returns one
+``[n1, n2, C, C]`` float64 kernel per subset; see `NtkImplementation` for
+the implementations and their costs.
+"""
+
+from ntk_peft.ntk.capture import Capture, capture
+from ntk_peft.ntk.engine import empirical_ntk
+from ntk_peft.ntk.implementations import NtkImplementation
+from ntk_peft.ntk.reference import reference_jacobian
+from ntk_peft.ntk.subsets import parse_subsets, subset_params
+
+__all__ = [
+    "Capture",
+    "NtkImplementation",
+    "capture",
+    "empirical_ntk",
+    "parse_subsets",
+    "reference_jacobian",
+    "subset_params",
+]

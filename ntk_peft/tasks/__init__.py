@@ -1,6 +1,6 @@
 """Few-shot tasks: the 15 LM-BFF tasks, data loading, k-shot splits, prompts."""
 
-from ntk_peft.tasks.batch import iter_batches, make_batch, prompt_mode
+from ntk_peft.tasks.batch import iter_batches, make_batch, prompt_mode, slice_batch
 from ntk_peft.tasks.data import Example, Split, load_split, resolve_data_dir, sample_kshot
 from ntk_peft.tasks.registry import TASKS, TaskSpec, get_task, task_names
 from ntk_peft.tasks.templates import CAUSAL, MASKED, Prompt, parse_template, resolve_prompt
@@ -22,5 +22,6 @@ __all__ = [
     "resolve_data_dir",
     "resolve_prompt",
     "sample_kshot",
+    "slice_batch",
     "task_names",
 ]

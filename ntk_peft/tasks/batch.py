@@ -164,3 +164,9 @@ def iter_batches(tokenizer, task, examples: list[Example], batch_size: int, **kw
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         yield idx, make_batch(tokenizer, task, [examples[i] for i in idx], **kwargs)
+
+
+def slice_batch(batch: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]:
+    """The examples ``rows`` of a batch (``label_token_ids`` is shared, kept whole)."""
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    return {key: value if key == "label_token_ids" else value[rows] for key, value in batch.items()}

@@ -1,0 +1,43 @@
+"""Named eNTK implementations, cross-checked against each other in the tests.
+
+Notation: n examples, C label words, T tokens per prompt, P parameters in the
+subset, L hooked layers of width d.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from ntk_peft.errors import UserError
+
+
+class NtkImplementation(str, Enum):
+    """How `empirical_ntk` computes K_S(x, x') = <∂f(x)/∂θ_S, ∂f(x')/∂θ_S>.
+
+    - ``REFERENCE``: torch.func ``functional_call`` + ``jacrev`` over exactly
+      the subset's parameters, a chunk of examples at a time. Time: one
+      backward per (example, class) over the whole model; memory: the chunk's
+      Jacobian, chunk·C·P numbers (for ``full`` on a 135M model, about 1 GB
+      per example in float64). The plain baseline.
+    - ``FAST``: one forward and C backward passes per block of examples, with
+      hooks recording each parameterised module's inputs and output-gradients
+      (no weight gradients). Per-example subset gradients are then formed
+      directly: Linear weights as ⟨A·A'ᵀ, G·G'ᵀ⟩ over tokens or through
+      materialised per-layer gradients, whichever costs fewer operations;
+      embeddings by matching token ids (no one-hot matrices), the tied output
+      matrix added to the same rows; adapters and small modules (norms)
+      through their own forward (``vmap(grad)``). Memory: the recorded
+      activations, about n·T·L·d·(1 + C) numbers, plus one layer's
+      per-example gradients at a time. All requested subsets share the passes.
+    """
+
+    REFERENCE = "reference"
+    FAST = "fast"
+
+    @classmethod
+    def parse(cls, value: "str | NtkImplementation") -> "NtkImplementation":
+        try:
+            return cls(value)
+        except ValueError:
+            raise UserError(f"unknown eNTK implementation {value!r}; valid: "
+                            f"{', '.join(m.value for m in cls)}") from None

@@ -1,0 +1,47 @@
+"""The reference eNTK: torch.func ``jacrev`` over exactly the subset's parameters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from ntk_peft.models import label_logits
+from ntk_peft.ntk.subsets import SubsetParams
+from ntk_peft.tasks import slice_batch
+
+
+class _PromptFunction(nn.Module):
+    """f(batch) = label_logits(model, batch) as a module, with shared adapter factors registered."""
+
+    def __init__(self, model: nn.Module, shared: nn.Module):
+        super().__init__()
+        self.model, self.shared = model, shared
+
+    def forward(self, batch):
+        return label_logits(self.model, batch)
+
+
+def reference_jacobian(subset: SubsetParams, batch: dict, chunk: int = 4) -> torch.Tensor:
+    """Per-example Jacobian of the label logits w.r.t. the subset: ``[B, C, P]`` float64.
+
+    Args:
+        subset: from `subset_params`.
+        batch: prompt batch of B examples.
+        chunk: examples per ``jacrev`` call (memory ~ chunk·C·P).
+    """
+    shared = subset.handle.shared if subset.handle is not None else nn.ModuleDict()
+    function = _PromptFunction(subset.model, shared)
+    names = [n if n.startswith("shared.") else f"model.{n}" for n in subset.params]
+    primals = tuple(p.detach() for p in subset.params.values())
+
+    def logits(*tensors, part):
+        return functional_call(function, dict(zip(names, tensors)), (part,))
+
+    rows = batch["input_ids"].shape[0]
+    blocks = []
+    for start in range(0, rows, chunk):
+        part = slice_batch(batch, range(start, min(start + chunk, rows)))
+        jac = jacrev(lambda *t: logits(*t, part=part), argnums=tuple(range(len(primals))))(*primals)
+        blocks.append(torch.cat([j.reshape(j.shape[0], j.shape[1], -1).double() for j in jac], dim=-1))
+    return torch.cat(blocks, dim=0)
