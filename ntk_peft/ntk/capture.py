@@ -33,6 +33,21 @@ class Record:
     inputs: torch.Tensor
     grads: torch.Tensor
     mask: torch.Tensor
+    _packed: tuple | None = None
+
+    def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Real positions only, in float64: ``(inputs [N, d_in], grads [C, N, d_out], example [N])``.
+
+        Computed once and kept (kernels of several subsets and block pairs reuse it).
+        """
+        if self._packed is None:
+            keep = self.mask.reshape(-1) > 0
+            length = self.mask.shape[1]
+            example = torch.arange(self.mask.shape[0], device=keep.device).repeat_interleave(length)[keep]
+            inputs = self.inputs.reshape(-1, self.inputs.shape[-1])[keep].double()
+            grads = self.grads.reshape(self.grads.shape[0], -1, self.grads.shape[-1])[:, keep].double()
+            self._packed = (inputs, grads, example)
+        return self._packed
 
 
 @dataclass

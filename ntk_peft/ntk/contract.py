@@ -15,36 +15,74 @@ from torch.func import functional_call, grad, vmap
 from ntk_peft.ntk.capture import Record
 
 
-def dense_kernel(jac1: torch.Tensor, jac2: torch.Tensor) -> torch.Tensor:
-    """⟨J1[i, c], J2[j, c']⟩ for per-example gradients ``[n, C, P]``."""
-    return torch.einsum("icp,jdp->ijcd", jac1.double(), jac2.double())
+def dense_kernel(jac1: torch.Tensor, jac2: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
+    """⟨J1[i, c], J2[j, c']⟩ for per-example gradients ``[n, C, P]``, in float64.
+
+    Works through P in slices of ``chunk`` so that a float32 Jacobian is never
+    copied whole to float64.
+    """
+    total = None
+    for start in range(0, jac1.shape[-1], chunk):
+        a = jac1[..., start : start + chunk].double()
+        b = a if jac2 is jac1 else jac2[..., start : start + chunk].double()
+        part = torch.einsum("icp,jdp->ijcd", a, b)
+        total = part if total is None else total + part
+    if total is None:
+        return jac1.new_zeros(jac1.shape[0], jac2.shape[0], jac1.shape[1], jac2.shape[1], dtype=torch.float64)
+    return total
 
 
 def linear_weight_kernel(rec1: Record, rec2: Record, method: str = "auto") -> torch.Tensor:
     """Kernel of a Linear weight: Σ_{t,s} (g_t·g'_s)(a_t·a'_s) for every class pair.
 
-    ``method``: ``gram`` contracts token Gram matrices (cost ~ n1·T1·n2·T2·(d_in + C²·d_out)),
-    ``materialise`` forms each example's ∂f_c/∂W (cost ~ C·(n1·T1 + n2·T2)·d_in·d_out +
-    n1·n2·C²·d_in·d_out); ``auto`` picks the cheaper.
+    On packed real tokens (N1, N2 of them), ``method``:
+
+    - ``gram``: token Gram matrices, K_cc' = E1·[(A1·A2ᵀ) ⊙ (G1c·G2c'ᵀ)]·E2ᵀ with
+      E the token-to-example membership; cost ~ N1·N2·(d_in + C²·d_out);
+    - ``materialise``: each example's ∂f_c/∂W = Σ_t g_t a_tᵀ, then inner
+      products; cost ~ C·(N1 + N2)·d_in·d_out + n1·n2·C²·d_in·d_out;
+    - ``auto``: the cheaper of the two.
     """
-    a1, g1, a2, g2 = rec1.inputs.double(), rec1.grads.double(), rec2.inputs.double(), rec2.grads.double()
-    classes, n1, t1, d_out = g1.shape
-    n2, t2, d_in = a2.shape
+    a1, g1, e1 = rec1.packed()
+    a2, g2, e2 = rec2.packed()
+    n1, n2 = rec1.mask.shape[0], rec2.mask.shape[0]
+    classes, d_in, d_out = g1.shape[0], a1.shape[1], g1.shape[2]
+    tokens1, tokens2 = a1.shape[0], a2.shape[0]
     if method == "auto":
-        gram = n1 * t1 * n2 * t2 * (d_in + classes * classes * d_out)
-        materialise = classes * (n1 * t1 + n2 * t2) * d_in * d_out + n1 * n2 * classes * classes * d_in * d_out
+        gram = tokens1 * tokens2 * (d_in + classes * classes * d_out)
+        materialise = classes * (tokens1 + tokens2) * d_in * d_out + n1 * n2 * classes * classes * d_in * d_out
         method = "gram" if gram < materialise else "materialise"
     if method == "materialise":
-        m1 = torch.einsum("citl,itk->iclk", g1, a1).reshape(n1, classes, -1)
-        m2 = m1 if rec2 is rec1 else torch.einsum("citl,itk->iclk", g2, a2).reshape(n2, classes, -1)
+        m1 = per_example_weight_grads(a1, g1, e1, n1)
+        m2 = m1 if rec2 is rec1 else per_example_weight_grads(a2, g2, e2, n2)
         return dense_kernel(m1, m2)
-    inputs = torch.einsum("itk,jsk->ijts", a1, a2)
-    return torch.einsum("ijts,citl,djsl->ijcd", inputs, g1, g2)
+    member1 = torch.zeros(n1, tokens1, dtype=torch.float64).index_put_((e1, torch.arange(tokens1)), torch.ones((), dtype=torch.float64))
+    member2 = member1 if rec2 is rec1 else torch.zeros(n2, tokens2, dtype=torch.float64).index_put_(
+        (e2, torch.arange(tokens2)), torch.ones((), dtype=torch.float64))
+    inputs = a1 @ a2.T
+    out = torch.empty(n1, n2, classes, classes, dtype=torch.float64)
+    for c in range(classes):
+        for d in range(classes):
+            out[:, :, c, d] = member1 @ (inputs * (g1[c] @ g2[d].T)) @ member2.T
+    return out
+
+
+def per_example_weight_grads(inputs: torch.Tensor, grads: torch.Tensor, example: torch.Tensor,
+                             n: int) -> torch.Tensor:
+    """Σ_{t in example i} g_t a_tᵀ for packed tokens: ``[n, C, d_out·d_in]``."""
+    classes, _, d_out = grads.shape
+    out = torch.zeros(n, classes, d_out, inputs.shape[1], dtype=torch.float64)
+    for i in range(n):
+        rows = example == i
+        out[i] = torch.einsum("ctl,tk->clk", grads[:, rows], inputs[rows])
+    return out.reshape(n, classes, -1)
 
 
 def bias_jacobian(rec: Record) -> torch.Tensor:
     """∂f_c/∂b = Σ_t g_t: ``[n, C, d_out]``."""
-    return rec.grads.double().sum(dim=2).transpose(0, 1)
+    _, grads, example = rec.packed()
+    out = torch.zeros(rec.mask.shape[0], grads.shape[0], grads.shape[2], dtype=torch.float64)
+    return out.index_add_(0, example, grads.transpose(0, 1))
 
 
 def embedding_rows(rec: Record | None, padding_idx: int | None, head_words: torch.Tensor | None = None,
@@ -115,25 +153,24 @@ def module_jacobian(module: nn.Module, rec: Record, params: dict[str, torch.Tens
     """
     if params is None:
         params = {k: v.detach() for k, v in module.named_parameters(recurse=False)}
-    call = call or (lambda m, x: m(x))
+    wrapper = _Call(module, call or (lambda m, x: m(x)))
+    named = {f"inner.{k}": v for k, v in params.items()}
 
     def paired(p, x, g):
-        return (_call_with(module, p, call, x) * g).sum()
+        return (functional_call(wrapper, p, (x,)) * g).sum()
 
     per_class = vmap(grad(paired), in_dims=(None, None, 0))
     per_example = vmap(per_class, in_dims=(None, 0, 1))
-    return per_example(params, rec.inputs, rec.grads)
+    grads = per_example(named, rec.inputs, rec.grads)
+    return {k[len("inner."):]: v for k, v in grads.items()}
 
 
-def _call_with(module: nn.Module, params: dict, call, x):
-    """Run ``call(module, x)`` with ``params`` swapped in (torch.func)."""
+class _Call(nn.Module):
+    """``call(inner, x)`` as a module, so torch.func can swap ``inner``'s tensors."""
 
-    class _Call(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
+    def __init__(self, inner: nn.Module, call):
+        super().__init__()
+        self.inner, self._call = inner, call
 
-        def forward(self, x):
-            return call(self.inner, x)
-
-    return functional_call(_Call(module), {f"inner.{k}": v for k, v in params.items()}, (x,))
+    def forward(self, x):
+        return self._call(self.inner, x)

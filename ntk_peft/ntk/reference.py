@@ -23,7 +23,7 @@ class _PromptFunction(nn.Module):
 
 
 def reference_jacobian(subset: SubsetParams, batch: dict, chunk: int = 4) -> torch.Tensor:
-    """Per-example Jacobian of the label logits w.r.t. the subset: ``[B, C, P]`` float64.
+    """Per-example Jacobian of the label logits w.r.t. the subset: ``[B, C, P]`` in the model's dtype.
 
     Args:
         subset: from `subset_params`.
@@ -43,5 +43,6 @@ def reference_jacobian(subset: SubsetParams, batch: dict, chunk: int = 4) -> tor
     for start in range(0, rows, chunk):
         part = slice_batch(batch, range(start, min(start + chunk, rows)))
         jac = jacrev(lambda *t: logits(*t, part=part), argnums=tuple(range(len(primals))))(*primals)
-        blocks.append(torch.cat([j.reshape(j.shape[0], j.shape[1], -1).double() for j in jac], dim=-1))
+        blocks.append(torch.cat([j.detach().reshape(j.shape[0], j.shape[1], -1) for j in jac], dim=-1))
+        del jac
     return torch.cat(blocks, dim=0)
