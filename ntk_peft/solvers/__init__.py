@@ -1,5 +1,34 @@
-"""Predictors on label logits and kernels: zero-shot now; KLR, KRR and SVM with the ntk-compare issue."""
+"""Predictors on label logits and eNTK kernels.
 
+Zero-shot (argmax of the pretrained label logits), kernel logistic
+regression (``klr``), kernel ridge (``krr``) and SVM (``svm``) behind one
+scikit-learn compatible interface.
+"""
+
+from ntk_peft.solvers.estimators import (
+    SOLVERS,
+    KernelLogisticRegression,
+    KernelRidgeClassifier,
+    KernelSVMClassifier,
+    kernel_scale,
+    make_solver,
+    select_lambda,
+)
+from ntk_peft.solvers.klr import binary_kernel, fit_klr, flat_kernel, klr_logits
 from ntk_peft.solvers.zeroshot import accuracy, predict_logits
 
-__all__ = ["accuracy", "predict_logits"]
+__all__ = [
+    "SOLVERS",
+    "KernelLogisticRegression",
+    "KernelRidgeClassifier",
+    "KernelSVMClassifier",
+    "accuracy",
+    "binary_kernel",
+    "fit_klr",
+    "flat_kernel",
+    "kernel_scale",
+    "klr_logits",
+    "make_solver",
+    "predict_logits",
+    "select_lambda",
+]

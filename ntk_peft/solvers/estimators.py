@@ -1,0 +1,140 @@
+"""scikit-learn compatible kernel classifiers on eNTK kernels.
+
+All take the kernel in the toolkit's layout: ``fit(K_train [n, n, C, C], y,
+f0=None)``, ``predict(K_eval_train [m, n, C, C], f0=None)``. ``f0`` is the
+pretrained model's label logits (offset; default on in ``ntk-compare``).
+
+- `KernelLogisticRegression` (``klr``): see `ntk_peft.solvers.klr`.
+- `KernelRidgeClassifier` (``krr``): ridge regression of the one-hot targets
+  minus f0 on the flattened matrix-valued kernel, (K + λI)·α = Y − f0.
+- `KernelSVMClassifier` (``svm``): scikit-learn's ``SVC(kernel="precomputed")``
+  on the logit-difference kernel (2 classes) or the trace over outputs
+  (C > 2); f0 is not used.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.svm import SVC
+
+from ntk_peft.errors import UserError
+from ntk_peft.solvers.klr import binary_kernel, fit_klr, flat_kernel, klr_logits
+from scipy.special import softmax
+
+
+class _KernelClassifier(ClassifierMixin, BaseEstimator):
+    def _check(self, kernel, train: bool):
+        kernel = np.asarray(kernel, dtype=np.float64)
+        if kernel.ndim != 4 or kernel.shape[2] != kernel.shape[3]:
+            raise UserError(f"expected a kernel of shape [n1, n2, C, C], got {kernel.shape}")
+        if train and kernel.shape[0] != kernel.shape[1]:
+            raise UserError(f"the training kernel must be square over examples, got {kernel.shape}")
+        if not np.isfinite(kernel).all():
+            raise UserError("the kernel contains NaN or Inf")
+        return kernel
+
+    def predict(self, kernel, f0=None):
+        return np.argmax(self.decision_function(kernel, f0), axis=1)
+
+    def predict_proba(self, kernel, f0=None):
+        return softmax(self.decision_function(kernel, f0), axis=1)
+
+
+class KernelLogisticRegression(_KernelClassifier):
+    """Kernel logistic regression (binary for 2 classes, else softmax)."""
+
+    def __init__(self, lam: float = 1e-3, mode: str = "auto", tol: float = 1e-10):
+        self.lam, self.mode, self.tol = lam, mode, tol
+
+    def fit(self, kernel, y, f0=None):
+        kernel = self._check(kernel, True)
+        self.classes_ = np.arange(kernel.shape[2])
+        self.fit_ = fit_klr(kernel, np.asarray(y), self.lam, f0, self.mode, self.tol)
+        return self
+
+    def decision_function(self, kernel, f0=None):
+        return klr_logits(self._check(kernel, False), self.fit_["alpha"], self.fit_["mode"], f0)
+
+
+class KernelRidgeClassifier(_KernelClassifier):
+    """Kernel ridge regression on one-hot targets (offset by f0)."""
+
+    def __init__(self, lam: float = 1e-3):
+        self.lam = lam
+
+    def fit(self, kernel, y, f0=None):
+        kernel = self._check(kernel, True)
+        n, _, classes, _ = kernel.shape
+        self.classes_ = np.arange(classes)
+        f0 = np.zeros((n, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+        targets = np.eye(classes)[np.asarray(y)] - f0
+        system = flat_kernel(kernel) + self.lam * np.eye(n * classes)
+        self.alpha_ = np.linalg.solve(system, targets.reshape(-1))
+        return self
+
+    def decision_function(self, kernel, f0=None):
+        kernel = self._check(kernel, False)
+        m, _, classes, _ = kernel.shape
+        f0 = np.zeros((m, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+        return f0 + (flat_kernel(kernel) @ self.alpha_).reshape(m, classes)
+
+
+def scalar_kernel(kernel: np.ndarray) -> np.ndarray:
+    """Logit-difference kernel for 2 classes, trace over outputs otherwise."""
+    return binary_kernel(kernel) if kernel.shape[2] == 2 else np.trace(kernel, axis1=2, axis2=3)
+
+
+class KernelSVMClassifier(_KernelClassifier):
+    """``SVC(kernel="precomputed")`` on a scalar kernel; C_svm = 1/λ."""
+
+    def __init__(self, lam: float = 1e-3):
+        self.lam = lam
+
+    def fit(self, kernel, y, f0=None):
+        kernel = self._check(kernel, True)
+        self.classes_ = np.arange(kernel.shape[2])
+        self.svc_ = SVC(kernel="precomputed", C=1.0 / self.lam).fit(scalar_kernel(kernel), np.asarray(y))
+        return self
+
+    def decision_function(self, kernel, f0=None):
+        kernel = self._check(kernel, False)
+        scores = self.svc_.decision_function(scalar_kernel(kernel))
+        if scores.ndim == 1:  # binary: one score for class 1
+            return np.stack([-scores / 2, scores / 2], axis=1)
+        out = np.full((kernel.shape[0], len(self.classes_)), -np.inf)
+        out[:, self.svc_.classes_] = scores
+        return out
+
+
+SOLVERS = {"klr": KernelLogisticRegression, "krr": KernelRidgeClassifier, "svm": KernelSVMClassifier}
+
+
+def make_solver(name: str, lam: float):
+    """A solver by name (``klr``, ``krr``, ``svm``) with regularisation λ."""
+    if name not in SOLVERS:
+        raise UserError(f"unknown solver {name!r}; valid: {', '.join(SOLVERS)}")
+    return SOLVERS[name](lam=lam)
+
+
+def kernel_scale(kernel) -> float:
+    """Mean diagonal of the flattened train kernel (λ grids are relative to it)."""
+    flat = flat_kernel(np.asarray(kernel, dtype=np.float64))
+    return float(np.mean(np.diag(flat))) or 1.0
+
+
+def select_lambda(name: str, kernel_train, y_train, kernel_dev_train, y_dev, f0_train=None, f0_dev=None,
+                  grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> tuple[float, list[float]]:
+    """λ = g·scale for g in ``grid`` with the best dev accuracy (ties: the larger λ).
+
+    ``scale`` is `kernel_scale` of the train kernel, so the grid means the
+    same on kernels of any magnitude. Returns (λ, dev accuracies per g).
+    """
+    scale = kernel_scale(kernel_train)
+    grid = [g * scale for g in grid]
+    accuracies = []
+    for lam in grid:
+        model = make_solver(name, lam).fit(kernel_train, y_train, f0_train)
+        accuracies.append(float(np.mean(model.predict(kernel_dev_train, f0_dev) == np.asarray(y_dev))))
+    best = max(range(len(grid)), key=lambda k: (accuracies[k], grid[k]))
+    return grid[best], accuracies
