@@ -163,6 +163,10 @@ def test_optimiser_touches_only_selected_entries(spec):
     for name, p in model.named_parameters():  # everything else is untouched
         if not any(name.startswith(layer) for layer in handle.layers):
             assert torch.equal(p, originals[name]), name
+    handle.merge()  # idempotent
+    handle.unmerge()
+    for name, layer in handle.layers.items():  # unmerge restores W0 (fp32)
+        assert (layer.base.weight - originals[f"{name}.weight"]).abs().max() <= 1e-6
 
 
 def test_roberta_base_row_counts_match_rocoft():
