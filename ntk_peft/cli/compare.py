@@ -1,21 +1,95 @@
-"""``ntk-compare``: the RoCoFT eNTK study (kernels, kernel logistic regression).
+"""``ntk-compare``: the RoCoFT eNTK study from the command line.
 
-Not built yet: it arrives with the ntk-compare issue, after the adapters and
-the eNTK engine. Until then it says so and exits with status 2.
+    ntk-compare --task sst2 --subset row1 [--subset col1 ...] [--k 16] [--seeds 13,21,42,87,100]
+                [--model M] [--solver klr|krr|svm] [--max-eval N] [--out DIR] [--data-dir D]
+
+Prints accuracy mean (std) over seeds for K_full, each K_S and zero-shot, and
+the relative kernel differences (p = 1, 2); writes results.json, the kernels
+(resumable) and figures under --out.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
-from ntk_peft.errors import UserError
-from ntk_peft.cli.common import run_cli
+from ntk_peft.cli.common import Parser, positive_int, run_cli
+
+
+def seed_list(text: str) -> list[int]:
+    """argparse type: comma-separated integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("no seeds given")
+    return seeds
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="ntk-compare", description="Does a parameter subset's eNTK classify like the full one?")
+    parser.add_argument("--task", required=True, help="task name, e.g. sst2, mr, cr, subj, sst5, trec, mnli")
+    parser.add_argument("--subset", action="append", required=True,
+                        help="kernel subset (repeatable): any adapter spec, e.g. row1 (= row1:first), col1, lora1")
+    parser.add_argument("--k", type=positive_int, default=16, help="examples per class (default 16)")
+    parser.add_argument("--seeds", type=seed_list, default=[13, 21, 42, 87, 100], help="default 13,21,42,87,100")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--solver", choices=("klr", "krr", "svm"), default="klr",
+                        help="kernel logistic regression (default), kernel ridge, or SVM")
+    parser.add_argument("--lambda", dest="lam", type=positive_float, default=None,
+                        help="regularisation; default: picked on the dev split from a grid relative to the kernel scale")
+    parser.add_argument("--no-offset", dest="offset", action="store_false",
+                        help="do not start from the pretrained model's label logits f0 (by default the "
+                             "kernel model predicts f0 + K·alpha, as LM-Kernel-FT's --adjust_for_init)")
+    parser.add_argument("--max-eval", type=positive_int, default=None,
+                        help="score a random subset (seed 0) of the evaluation set, for a quick run")
+    parser.add_argument("--block-size", type=positive_int, default=16, help="examples per kernel block")
+    parser.add_argument("--implementation", choices=("fast", "reference"), default="fast")
+    parser.add_argument("--out", default=None, help="results folder (default runs/ntk-compare/<task>-<model>-k<k>)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--no-figures", dest="figures", action="store_false")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    raise UserError("ntk-compare is not built yet (it needs the adapters and the eNTK engine); "
-                    "for now run `ntk-peft zeroshot --task sst2`")
+    args = build_parser().parse_args(argv)
+    from ntk_peft.experiments import format_table, run_compare
+
+    results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,
+                          solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
+                          block_size=args.block_size, lam=args.lam, offset=args.offset,
+                          implementation=args.implementation)
+    out = Path(args.out or Path("runs") / "ntk-compare" /
+               f"{results['task']}-{Path(args.model).name}-k{args.k}")
+    if args.figures:
+        from ntk_peft.plotting import kernel_heatmaps, kernel_spectra, load_train_kernels
+
+        seed = results["seeds"][0]
+        kernels, labels = load_train_kernels(out / f"seed-{seed}")
+        title = f"{results['task']}, {results['model']}, seed {seed}"
+        (out / "figures").mkdir(exist_ok=True)
+        kernel_heatmaps(kernels, labels, out / "figures" / "kernel_heatmaps.png", title)
+        kernel_spectra(kernels, out / "figures" / "kernel_spectra.png", title)
+    print(format_table(results))
+    print(f"results: {out / 'results.json'}  total {results['timing_s']['total']:.0f} s")
+    return 0
 
 
 def entry() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from ntk_peft.cli import compare, peft
+from ntk_peft.cli import peft
 from ntk_peft.cli.common import run_cli
 
 
@@ -66,11 +66,6 @@ def test_multi_token_label_word_on_smollm2(capsys, smollm2):
                         "--max-examples", "2")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "label word ' antidisestablishmentarianism' is" in err and "single token" in err
-
-
-def test_ntk_compare_says_it_is_not_built_yet(capsys):
-    assert run_cli(compare.main, ["--task", "sst2"]) == 2
-    assert "not built yet" in capsys.readouterr().err
 
 
 def test_console_script_exit_status():

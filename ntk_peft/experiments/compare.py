@@ -1,0 +1,168 @@
+"""The RoCoFT eNTK study (section 5): does a subset's kernel classify like the full one?
+
+For each seed: the k-shot split, the pretrained label logits f0, the kernels
+of ``full`` and each subset on train×train, dev×train and eval×train (one set
+of passes, blocked, in a `KernelStore` so reruns reuse them), a solver per
+kernel with λ picked on dev, and the RoCoFT relative kernel differences.
+The result is a plain dict (the ``results.json`` schema in the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ntk_peft
+from ntk_peft.adapters import parse_spec
+from ntk_peft.analysis import effective_rank, relative_difference
+from ntk_peft.errors import UserError
+from ntk_peft.ntk import KernelStore, batches_hash, kernel_blocks, model_hash
+from ntk_peft.solvers import make_solver, predict_logits, select_lambda
+from ntk_peft.tasks import get_task, load_split, make_batch
+
+
+def _blocks(tokenizer, task, examples, size: int, prompt: dict) -> list[dict]:
+    return [make_batch(tokenizer, task, examples[i : i + size], **prompt) for i in range(0, len(examples), size)]
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _summary(values: list[float]) -> dict:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=0))}
+
+
+def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k: int, seed: int, out: Path, *,
+             solver: str = "klr", lam: float | None = None, offset: bool = True, max_eval: int | None = None,
+             data_dir=None, block_size: int = 16, implementation: str = "fast", prompt: dict | None = None,
+             progress: bool = True) -> dict:
+    """One seed of the study; kernels and f0 are cached under ``out/seed-<seed>``."""
+    prompt = prompt or {}
+    spec = get_task(task)
+    split = load_split(task, k, seed, data_dir)
+    train = sorted(split.train, key=lambda e: e.label)  # grouped by class, for the heatmaps
+    evaluation = split.eval
+    if max_eval is not None and max_eval < len(evaluation):
+        keep = np.sort(np.random.default_rng(0).permutation(len(evaluation))[:max_eval])
+        evaluation = [evaluation[i] for i in keep]
+    names = ["full", *[s for s in subsets if s != "full"]]
+    batches = {part: _blocks(tokenizer, spec, examples, block_size, prompt)
+               for part, examples in (("train", train), ("dev", split.dev), ("eval", evaluation))}
+    folder = out / f"seed-{seed}"
+    meta = {"model": model_name, "model_hash": model_hash(model), "task": spec.name, "seed": seed, "k": k,
+            "subsets": names, "implementation": implementation, "block_size": block_size,
+            "prompt": {k_: str(v) for k_, v in prompt.items()},
+            "inputs_hash": batches_hash([b for part in ("train", "dev", "eval") for b in batches[part]]),
+            "versions": {"ntk_peft": ntk_peft.__version__, "torch": torch.__version__,
+                         "transformers": __import__("transformers").__version__}}
+    store = KernelStore(folder, meta)
+    timing = {}
+    start = time.perf_counter()
+    f0_path = folder / "f0.safetensors"
+    if f0_path.is_file():
+        from safetensors.torch import load_file
+
+        f0 = load_file(str(f0_path))
+    else:
+        f0 = {part: predict_logits(model, tokenizer, spec, examples, block_size, progress=progress, **prompt)
+              for part, examples in (("train", train), ("dev", split.dev), ("eval", evaluation))}
+        _save_tensors(f0_path, f0)
+    timing["f0_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    common = dict(subsets=names, implementation=implementation, store=store, progress=progress)
+    k_train = kernel_blocks(model, batches["train"], None, name="train", **common)
+    k_dev = {n: v.permute(1, 0, 3, 2) for n, v in
+             kernel_blocks(model, batches["train"], batches["dev"], name="dev", **common).items()}
+    k_eval = {n: v.permute(1, 0, 3, 2) for n, v in
+              kernel_blocks(model, batches["train"], batches["eval"], name="eval", **common).items()}
+    _save_tensors(folder / "train_kernels.safetensors",
+                  {**{f"K/{n}": v for n, v in k_train.items()},
+                   "labels": torch.tensor([e.label for e in train])})
+    timing["kernels_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    y = {part: np.array([e.label for e in examples]) for part, examples in
+         (("train", train), ("dev", split.dev), ("eval", evaluation))}
+    offsets = {part: (f0[part].numpy() if offset else None) for part in ("train", "dev", "eval")}
+    accuracy, lambdas, effective = {}, {}, {}
+    for name in names:
+        kt, kd, ke = (k_train[name].numpy(), k_dev[name].numpy(), k_eval[name].numpy())
+        chosen = lam
+        if chosen is None:
+            chosen, _ = select_lambda(solver, kt, y["train"], kd, y["dev"], offsets["train"], offsets["dev"])
+        fitted = make_solver(solver, chosen).fit(kt, y["train"], offsets["train"])
+        accuracy[name] = float(np.mean(fitted.predict(ke, offsets["eval"]) == y["eval"]))
+        lambdas[name] = float(chosen)
+        effective[name] = effective_rank(kt)
+    accuracy["zeroshot"] = float(np.mean(f0["eval"].argmax(1).numpy() == y["eval"]))
+    timing["solver_s"] = time.perf_counter() - start
+    differences = {n: {"p1": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 1),
+                       "p2": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 2)}
+                   for n in names if n != "full"}
+    return {"seed": seed, "accuracy": accuracy, "relative_difference": differences, "lambda": lambdas,
+            "effective_rank": effective, "n_train": len(train), "n_eval": len(evaluation), "timing_s": timing}
+
+
+def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42, 87, 100),
+                model_name: str = "smollm2-135m", solver: str = "klr", max_eval: int | None = None,
+                out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
+                offset: bool = True, implementation: str = "fast", progress: bool = True,
+                prompt: dict | None = None) -> dict:
+    """The whole study over seeds; writes ``results.json`` in ``out``."""
+    spec = get_task(task)
+    for text in subsets:
+        parse_spec(text)  # bad specs fail before any work
+    out = Path(out or Path("runs") / "ntk-compare" / f"{spec.name}-{Path(model_name).name}-k{k}")
+    results_path = out / "results.json"
+    if results_path.is_file():
+        previous = json.loads(results_path.read_text())
+        if previous.get("task") != spec.name or previous.get("model") != model_name or previous.get("k") != k:
+            raise UserError(f"{out} holds results of another run (task {previous.get('task')}, model "
+                            f"{previous.get('model')}, k {previous.get('k')}); choose another --out")
+    for seed in seeds:  # check every split before the long work starts
+        load_split(spec, k, seed, data_dir)
+    model, tokenizer = ntk_peft.load_model(model_name)
+    started = time.perf_counter()
+    per_seed = [run_seed(model, tokenizer, model_name, spec.name, list(subsets), k, seed, out, solver=solver,
+                         lam=lam, offset=offset, max_eval=max_eval, data_dir=data_dir, block_size=block_size,
+                         implementation=implementation, prompt=prompt, progress=progress) for seed in seeds]
+    names = ["full", *[s for s in subsets if s != "full"], "zeroshot"]
+    summary = {
+        "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
+        "relative_difference": {s: {p: _summary([r["relative_difference"][s][p] for r in per_seed])
+                                    for p in ("p1", "p2")} for s in names if s not in ("full", "zeroshot")},
+    }
+    results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
+               "subsets": [n for n in names if n != "zeroshot"], "offset_f0": offset, "max_eval": max_eval,
+               "per_seed": per_seed, "summary": summary,
+               "timing_s": {"total": time.perf_counter() - started}}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = results_path.with_name("results.json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, results_path)
+    return results
+
+
+def format_table(results: dict) -> str:
+    """RoCoFT tables 5/6 shape: accuracy mean (std) and relative differences."""
+    acc = results["summary"]["accuracy"]
+    lines = [f"{results['task']}  model {results['model']}  k={results['k']}  seeds {results['seeds']}  "
+             f"solver {results['solver']}",
+             f"{'kernel':<14}{'accuracy':>18}{'rel. diff p=1':>20}{'rel. diff p=2':>20}"]
+    for name, stats in acc.items():
+        diff = results["summary"]["relative_difference"].get(name)
+        cells = [f"{stats['mean']:.3f} ({stats['std']:.3f})"]
+        cells += [f"{diff[p]['mean']:.3f} ({diff[p]['std']:.3f})" if diff else "-" for p in ("p1", "p2")]
+        label = "K_full" if name == "full" else ("zero-shot" if name == "zeroshot" else f"K_{name}")
+        lines.append(f"{label:<14}{cells[0]:>18}{cells[1]:>20}{cells[2]:>20}")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""ntk-compare end to end on a tiny model: schema, reuse of kernels, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ntk_peft.cli import compare
+from ntk_peft.cli.common import run_cli
+
+
+def _run(capsys, *argv):
+    code = run_cli(compare.main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
+    argv = ["--task", "sst2", "--subset", "row1", "--subset", "lora1", "--model", "tiny-bert", "--seeds", "13,21",
+            "--max-eval", "12", "--out", str(tmp_path)]
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    assert "K_full" in out and "K_row1" in out and "zero-shot" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["task"] == "SST-2" and results["seeds"] == [13, 21] and results["subsets"] == ["full", "row1", "lora1"]
+    for seed_result in results["per_seed"]:
+        assert set(seed_result["accuracy"]) == {"full", "row1", "lora1", "zeroshot"}
+        assert set(seed_result["relative_difference"]) == {"row1", "lora1"}
+        assert 0 <= seed_result["relative_difference"]["row1"]["p2"] <= 2
+        assert set(seed_result["lambda"]) == {"full", "row1", "lora1"}
+    assert set(results["summary"]["accuracy"]["full"]) == {"mean", "std"}
+    assert (tmp_path / "figures" / "kernel_heatmaps.png").stat().st_size > 10_000
+    assert (tmp_path / "figures" / "kernel_spectra.png").stat().st_size > 10_000
+    blocks = sorted(p.name for p in (tmp_path / "seed-13" / "blocks").iterdir())
+    mtimes = {p: (tmp_path / "seed-13" / "blocks" / p).stat().st_mtime_ns for p in blocks}
+    code, _, err = _run(capsys, *argv)  # rerun: every block is read back, none rewritten
+    assert code == 0, err
+    assert {p: (tmp_path / "seed-13" / "blocks" / p).stat().st_mtime_ns for p in blocks} == mtimes
+    again = json.loads((tmp_path / "results.json").read_text())["per_seed"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "timing_s"} for r in rows]  # noqa: E731
+    assert strip(again) == strip(results["per_seed"])
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--task", "sst7", "--subset", "row1"], "unknown task 'sst7'"),
+    (["--task", "sst2", "--subset", "row0"], "bad adapter spec 'row0'"),
+    (["--task", "sst2", "--subset", "row1", "--seeds", "1,x"], "seeds must be comma-separated integers"),
+    (["--task", "trec", "--subset", "row1", "--k", "64"], "the largest possible k is 37"),
+])
+def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, argv, match):
+    code, _, err = _run(capsys, *argv, "--model", "tiny-bert", "--out", str(tmp_path / "x"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert match in err
+
+
+def test_output_folder_of_another_run_is_refused_and_kept(capsys, tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"task": "MR", "model": "tiny-bert", "k": 16}))
+    code, _, err = _run(capsys, "--task", "sst2", "--subset", "row1", "--model", "tiny-bert", "--out", str(tmp_path))
+    assert code == 2 and "holds results of another run" in err
+    assert json.loads((tmp_path / "results.json").read_text())["task"] == "MR"
