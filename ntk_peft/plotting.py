@@ -77,3 +77,28 @@ def load_train_kernels(seed_folder: str | Path) -> tuple[dict[str, np.ndarray], 
     kernels = {key[2:]: value for key, value in data.items() if key.startswith("K/")}
     order = sorted(kernels, key=lambda name: (name != "full", name))  # K_full first
     return {name: kernels[name] for name in order}, data["labels"]
+
+
+def figure_script(kind: str, argv: list[str] | None = None) -> Path:
+    """The shared command line of ``figures/kernel_heatmaps.py`` and ``figures/kernel_spectra.py``.
+
+    ``kind`` is ``heatmaps`` or ``spectra``; arguments: RESULTS_DIR [--seed S] [--out FILE].
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=f"kernel {kind} from an ntk-compare results folder")
+    parser.add_argument("results")
+    parser.add_argument("--seed", type=int, default=None, help="default: the run's first seed")
+    parser.add_argument("--out", default=None, help=f"default: RESULTS_DIR/figures/kernel_{kind}.png")
+    args = parser.parse_args(argv)
+    folder = Path(args.results)
+    results = json.loads((folder / "results.json").read_text())
+    seed = args.seed if args.seed is not None else results["seeds"][0]
+    kernels, labels = load_train_kernels(folder / f"seed-{seed}")
+    out = Path(args.out or folder / "figures" / f"kernel_{kind}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{results['task']}, {results['model']}, seed {seed}"
+    if kind == "heatmaps":
+        return kernel_heatmaps(kernels, labels, out, title)
+    return kernel_spectra(kernels, out, title)

@@ -95,13 +95,17 @@ def _label(task: TaskSpec, raw: object, path: Path, line: int | str) -> int:
         raise _row_error(path, line, f"label {raw!r} is not one of {valid}") from None
 
 
-def read_examples(task: TaskSpec | str, path: Path, root: Path | None = None) -> list[Example]:
-    """Read one k-shot file (TSV with header, CoLA's TSV or headerless CSV)."""
-    task = get_task(task)
+def _resolve_file(task, path, root: Path | None) -> tuple[TaskSpec, Path, str]:
+    """The task spec, the path (which must exist) and its id prefix relative to ``root``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"missing data file {path}")
-    rel = path.relative_to(root).as_posix() if root else path.name
+    return get_task(task), path, path.relative_to(root).as_posix() if root else path.name
+
+
+def read_examples(task: TaskSpec | str, path: Path, root: Path | None = None) -> list[Example]:
+    """Read one k-shot file (TSV with header, CoLA's TSV or headerless CSV)."""
+    task, path, rel = _resolve_file(task, path, root)
     if task.file_format == "csv":
         return _read_csv(task, path, rel)
     return _read_tsv(task, path, rel)
@@ -154,11 +158,7 @@ def _read_tsv(task: TaskSpec, path: Path, rel: str) -> list[Example]:
 
 def read_pool(task: TaskSpec | str, path: Path, root: Path | None = None) -> list[Example]:
     """Read a JSON pool ``{id: {"text_a", "text_b", "label"}}`` in file order."""
-    task = get_task(task)
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"missing data file {path}")
-    rel = path.relative_to(root).as_posix() if root else path.name
+    task, path, rel = _resolve_file(task, path, root)
     try:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)

@@ -32,6 +32,11 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
     assert set(results["summary"]["accuracy"]["full"]) == {"mean", "std"}
     assert (tmp_path / "figures" / "kernel_heatmaps.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "kernel_spectra.png").stat().st_size > 10_000
+    from ntk_peft.plotting import figure_script
+
+    for kind in ("heatmaps", "spectra"):  # the figures/ scripts redraw from the folder alone
+        redrawn = figure_script(kind, [str(tmp_path), "--seed", "21", "--out", str(tmp_path / f"{kind}-21.png")])
+        assert redrawn.stat().st_size > 10_000
     blocks = sorted(p.name for p in (tmp_path / "seed-13" / "blocks").iterdir())
     mtimes = {p: (tmp_path / "seed-13" / "blocks" / p).stat().st_mtime_ns for p in blocks}
     code, _, err = _run(capsys, *argv)  # rerun: every block is read back, none rewritten
