@@ -53,8 +53,8 @@ def linear_weight_kernel(rec1: Record, rec2: Record, method: str = "auto") -> to
         materialise = classes * (tokens1 + tokens2) * d_in * d_out + n1 * n2 * classes * classes * d_in * d_out
         method = "gram" if gram < materialise else "materialise"
     if method == "materialise":
-        m1 = per_example_weight_grads(a1, g1, e1, n1)
-        m2 = m1 if rec2 is rec1 else per_example_weight_grads(a2, g2, e2, n2)
+        m1 = per_example_weight_grads(rec1)
+        m2 = m1 if rec2 is rec1 else per_example_weight_grads(rec2)
         return dense_kernel(m1, m2)
     member1 = torch.zeros(n1, tokens1, dtype=torch.float64).index_put_((e1, torch.arange(tokens1)), torch.ones((), dtype=torch.float64))
     member2 = member1 if rec2 is rec1 else torch.zeros(n2, tokens2, dtype=torch.float64).index_put_(
@@ -67,15 +67,12 @@ def linear_weight_kernel(rec1: Record, rec2: Record, method: str = "auto") -> to
     return out
 
 
-def per_example_weight_grads(inputs: torch.Tensor, grads: torch.Tensor, example: torch.Tensor,
-                             n: int) -> torch.Tensor:
-    """Σ_{t in example i} g_t a_tᵀ for packed tokens: ``[n, C, d_out·d_in]``."""
-    classes, _, d_out = grads.shape
-    out = torch.zeros(n, classes, d_out, inputs.shape[1], dtype=torch.float64)
-    for i in range(n):
-        rows = example == i
-        out[i] = torch.einsum("ctl,tk->clk", grads[:, rows], inputs[rows])
-    return out.reshape(n, classes, -1)
+def per_example_weight_grads(rec: Record) -> torch.Tensor:
+    """Σ_t g_t a_tᵀ per example and class (pads are zero): ``[n, C, d_out·d_in]``, one bmm per class."""
+    inputs, grads = rec.inputs.double(), rec.grads.double()
+    n, classes = inputs.shape[0], grads.shape[0]
+    return torch.stack([torch.bmm(grads[c].transpose(1, 2), inputs) for c in range(classes)], dim=1).reshape(
+        n, classes, -1)
 
 
 def bias_jacobian(rec: Record) -> torch.Tensor:
