@@ -98,7 +98,7 @@ TASKS: tuple[TaskSpec, ...] = (
         file_format="csv",
         mlm_template=_SENTIMENT_MLM,
         mlm_label_words=(" terrible", " bad", " okay", " good", " great"),
-        causal_template="Review: {text_a}\nThe movie was{mask}",
+        causal_template=_REVIEW_CAUSAL,
         causal_label_words=(" terrible", " bad", " okay", " good", " great"),
     ),
     TaskSpec(
