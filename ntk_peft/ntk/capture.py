@@ -4,7 +4,8 @@ One forward pass records the first input of every module that owns
 parameters directly (Linear, Embedding, norms, ...), and C backward passes
 (one per label word, summed over the batch; examples do not interact) give
 the gradient of f_c at each such module's output. No weight gradient is
-formed. Pads are zeroed in inputs and gradients.
+formed. Only real (non-pad) positions are kept, packed, so memory follows the
+number of real tokens; padded views are rebuilt on demand.
 """
 
 from __future__ import annotations
@@ -20,34 +21,47 @@ from ntk_peft.models import readout_hidden, split_lm_head
 
 @dataclass
 class Record:
-    """One module's recorded data for a block of B examples.
+    """One module's recorded data for a block of n examples, real positions only.
 
     Attributes:
         module: the module.
-        inputs: ``[B, L, d_in]`` (token ids ``[B, L]`` for embeddings), pads zeroed.
-        grads: ``[C, B, L, d_out]`` ∂f_c/∂output, pads zeroed.
-        mask: ``[B, L]`` 1 for real positions.
+        packed_inputs: ``[N, d_in]`` inputs at the N real positions (token ids ``[N]``
+            for embeddings); shared between modules that read the same tensor.
+        packed_grads: ``[C, N, d_out]`` ∂f_c/∂output at those positions.
+        example: ``[N]`` example index of each position.
+        position: ``[N]`` its index along the example's row.
+        shape: ``(n, L)`` of the padded layout (L = 1 for per-example inputs).
     """
 
     module: nn.Module
-    inputs: torch.Tensor
-    grads: torch.Tensor
-    mask: torch.Tensor
-    _packed: tuple | None = None
+    packed_inputs: torch.Tensor
+    packed_grads: torch.Tensor
+    example: torch.Tensor
+    position: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def size(self) -> int:
+        return self.shape[0]
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Real positions only, in float64: ``(inputs [N, d_in], grads [C, N, d_out], example [N])``.
+        """``(inputs [N, d_in], grads [C, N, d_out], example [N])`` in the recorded dtype."""
+        return self.packed_inputs, self.packed_grads, self.example
 
-        Computed once and kept (kernels of several subsets and block pairs reuse it).
-        """
-        if self._packed is None:
-            keep = self.mask.reshape(-1) > 0
-            length = self.mask.shape[1]
-            example = torch.arange(self.mask.shape[0], device=keep.device).repeat_interleave(length)[keep]
-            inputs = self.inputs.reshape(-1, self.inputs.shape[-1])[keep].double()
-            grads = self.grads.reshape(self.grads.shape[0], -1, self.grads.shape[-1])[:, keep].double()
-            self._packed = (inputs, grads, example)
-        return self._packed
+    def _unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        out = packed.new_zeros(*self.shape, *packed.shape[1:])
+        out[self.example, self.position] = packed
+        return out
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """Padded ``[n, L, d_in]`` (zeros at pads), built on demand."""
+        return self._unpack(self.packed_inputs)
+
+    @property
+    def grads(self) -> torch.Tensor:
+        """Padded ``[C, n, L, d_out]`` (zeros at pads), built on demand."""
+        return torch.stack([self._unpack(g) for g in self.packed_grads])
 
 
 @dataclass
@@ -122,21 +136,33 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
                 raise UserError("the model's label logits contain NaN or Inf; no kernel can be computed")
             names = list(seen)
             outputs = [seen[n][1] for n in names]
-            per_class = []
+            # Where each module's real positions are, and its packed inputs (shared tensors once).
+            layout, packed_by_tensor = {}, {}
+            for name in names:
+                raw_inputs = seen[name][0]
+                inputs, on_tokens = _as_tokens(raw_inputs, size, seq_len)
+                keep = (mask > 0) if on_tokens else torch.ones(size, 1, dtype=torch.bool, device=mask.device)
+                example, position = keep.nonzero(as_tuple=True)
+                key = (raw_inputs.data_ptr(), tuple(raw_inputs.shape), raw_inputs.dtype)
+                if key not in packed_by_tensor:  # q, k and v read the same tensor: pack it once
+                    packed_by_tensor[key] = inputs[example, position]
+                layout[name] = (packed_by_tensor[key], example, position, inputs.shape[1])
+            packed_grads: dict[str, list[torch.Tensor]] = {name: [] for name in names}
             for c in range(logits.shape[1]):
                 grads = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < logits.shape[1] - 1,
                                             allow_unused=True)
-                per_class.append([torch.zeros_like(o) if g is None else g.detach() for o, g in zip(outputs, grads)])
+                for name, output, grad in zip(names, outputs, grads):  # pack each class's gradients at once
+                    _, example, position, _ = layout[name]
+                    grad = torch.zeros_like(output) if grad is None else grad.detach()
+                    packed_grads[name].append(_as_tokens(grad, size, seq_len)[0][example, position])
+                del grads
     finally:
         for h in handles:
             h.remove()
+    seen.clear()
     records = {}
-    for k, name in enumerate(names):
-        inputs, on_tokens = _as_tokens(seen[name][0], size, seq_len)
-        grads = torch.stack([_as_tokens(per_class[c][k], size, seq_len)[0] for c in range(len(per_class))])
-        keep = mask.to(grads.dtype) if on_tokens else torch.ones(size, 1, dtype=grads.dtype, device=grads.device)
-        grads = grads * keep.view(1, size, -1, *([1] * (grads.dim() - 3)))
-        if inputs.is_floating_point():
-            inputs = inputs * keep.view(size, -1, *([1] * (inputs.dim() - 2))).to(inputs.dtype)
-        records[name] = Record(modules[name], inputs, grads, keep)
+    for name in names:
+        inputs, example, position, length = layout[name]
+        records[name] = Record(modules[name], inputs, torch.stack(packed_grads.pop(name)), example, position,
+                               (size, length))
     return Capture(records, features.detach(), logits.detach(), words)

@@ -43,9 +43,10 @@ def linear_weight_kernel(rec1: Record, rec2: Record, method: str = "auto") -> to
       products; cost ~ C·(N1 + N2)·d_in·d_out + n1·n2·C²·d_in·d_out;
     - ``auto``: the cheaper of the two.
     """
-    a1, g1, e1 = rec1.packed()
-    a2, g2, e2 = rec2.packed()
-    n1, n2 = rec1.mask.shape[0], rec2.mask.shape[0]
+    a1, g1, e1 = (t.double() if t.is_floating_point() else t for t in rec1.packed())
+    a2, g2, e2 = (a1, g1, e1) if rec2 is rec1 else (t.double() if t.is_floating_point() else t
+                                                   for t in rec2.packed())
+    n1, n2 = rec1.size, rec2.size
     classes, d_in, d_out = g1.shape[0], a1.shape[1], g1.shape[2]
     tokens1, tokens2 = a1.shape[0], a2.shape[0]
     if method == "auto":
@@ -78,8 +79,8 @@ def per_example_weight_grads(rec: Record) -> torch.Tensor:
 def bias_jacobian(rec: Record) -> torch.Tensor:
     """∂f_c/∂b = Σ_t g_t: ``[n, C, d_out]``."""
     _, grads, example = rec.packed()
-    out = torch.zeros(rec.mask.shape[0], grads.shape[0], grads.shape[2], dtype=torch.float64)
-    return out.index_add_(0, example, grads.transpose(0, 1))
+    out = torch.zeros(rec.size, grads.shape[0], grads.shape[2], dtype=torch.float64)
+    return out.index_add_(0, example, grads.transpose(0, 1).double())
 
 
 def embedding_rows(rec: Record | None, padding_idx: int | None, head_words: torch.Tensor | None = None,
@@ -92,15 +93,13 @@ def embedding_rows(rec: Record | None, padding_idx: int | None, head_words: torc
     """
     examples, ids, vectors = [], [], []
     if rec is not None:
-        n, length = rec.inputs.shape[:2]
-        grads = rec.grads.double().permute(1, 2, 0, 3).reshape(n * length, rec.grads.shape[0], -1)
-        token_ids = rec.inputs.reshape(-1)
-        keep = rec.mask.reshape(-1) > 0
+        token_ids, grads, example = rec.packed()
+        keep = torch.ones_like(token_ids, dtype=torch.bool)
         if padding_idx is not None:
             keep &= token_ids != padding_idx
-        examples.append(torch.arange(n).repeat_interleave(length)[keep])
+        examples.append(example[keep])
         ids.append(token_ids[keep])
-        vectors.append(grads[keep])
+        vectors.append(grads.transpose(0, 1)[keep].double())
     if head_words is not None:
         n, width = head_features.shape
         classes = head_words.numel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ntk_peft.adapters import ColAdapter, LoRAAdapter, RowAdapter
 from ntk_peft.errors import UserError
 from ntk_peft.models import split_lm_head
 from ntk_peft.ntk.capture import Capture
@@ -90,6 +91,30 @@ class _AdapterCall(nn.Module):
         self.layer, self.shared = layer, shared
 
 
+def closed_form_jacobian(layer: nn.Module, rec) -> torch.Tensor | None:
+    """Per-example gradients ``[n, C, P]`` of rows, columns and LoRA adapters, else None.
+
+    rows R: Σ_t g_t[R] a_tᵀ; columns S: Σ_t g_t a_t[S]ᵀ; LoRA: ∂f/∂A = s·Bᵀ Σ_t g_t a_tᵀ
+    and ∂f/∂B = s·Σ_t g_t (A a_t)ᵀ (parameter order as ``named_parameters``).
+    """
+    inputs, grads = rec.inputs.double(), rec.grads.double()  # [n, T, d_in], [C, n, T, d_out]
+    n, classes = inputs.shape[0], grads.shape[0]
+
+    def outer(g, a):  # Σ_t g_t a_tᵀ per example and class -> [n, C, rows·cols]
+        return torch.einsum("cntl,ntk->nclk", g, a).reshape(n, classes, -1)
+
+    if isinstance(layer, RowAdapter):
+        return outer(grads[..., layer.rows], inputs)
+    if isinstance(layer, ColAdapter):
+        return outer(grads, inputs[..., layer.cols])
+    if isinstance(layer, LoRAAdapter) and isinstance(layer.dropout, nn.Identity):
+        a_mat, b_mat = layer.A.detach().double(), layer.B.detach().double()
+        grad_a = layer.scale * outer(torch.einsum("cntl,lr->cntr", grads, b_mat), inputs)
+        grad_b = layer.scale * outer(grads, inputs @ a_mat.T)
+        return torch.cat([grad_a, grad_b], dim=-1)
+    return None
+
+
 def adapter_kernel(sub: SubsetParams, cap1: Capture, cap2: Capture) -> torch.Tensor:
     """Kernel over an adapter's parameters, through each layer's own forward.
 
@@ -105,6 +130,11 @@ def adapter_kernel(sub: SubsetParams, cap1: Capture, cap2: Capture) -> torch.Ten
     for name, layer in handle.layers.items():
         if name not in cap1.records:
             raise UserError(f"layer {name} of subset {sub.spec} was not recorded")
+        closed = closed_form_jacobian(layer, cap1.records[name])
+        if closed is not None:  # rows, columns, LoRA: the chain rule written out
+            other = closed if cap2 is cap1 else closed_form_jacobian(layer, cap2.records[name])
+            total += dense_kernel(closed, other)
+            continue
         call = _AdapterCall(layer, handle.shared)
         own = {f"layer.{k}": v.detach() for k, v in layer.named_parameters() if not k.startswith("base.")}
         params = {**own, **{f"shared.{k}": v.detach() for k, v in handle.shared.named_parameters()}}

@@ -63,7 +63,14 @@ def subset_params(model: nn.Module, spec: AdapterSpec, targets="all", seed: int 
         names = [t.name for t in resolve_targets(model, targets)]
         params = dict(model.named_parameters())
         return SubsetParams(spec, model, {f"{n}.weight": params[f"{n}.weight"] for n in names})
-    adapted = copy.deepcopy(model)
-    handle = apply_adapter(adapted, spec, None if targets == "all" else targets, seed=seed,
-                           calibration=calibration)
+    # A copy of the modules that shares the parameter tensors: cheap, and the
+    # model's own requires_grad flags (which apply_adapter changes) are restored.
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    adapted = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    try:
+        handle = apply_adapter(adapted, spec, None if targets == "all" else targets, seed=seed,
+                               calibration=calibration)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(flags[id(p)])
     return SubsetParams(spec, adapted, dict(handle.named_parameters()), handle)
