@@ -1,5 +1,5 @@
 # Whole set-up on a fresh machine, then the main job or the tests.
-#   make run    set up, then zero-shot SST-2 on SmolLM2 (the main job until ntk-compare lands)
+#   make run    set up, then the main job: ntk-compare --task sst2 --subset row1 (SmolLM2, 5 seeds)
 #   make test   set up, then the test suite
 # Set-up: a virtual environment in .venv, torch==2.13.0 first (the CPU wheel
 # on disk; a bare `torch` requirement would pull a multi-GB CUDA build), the
@@ -28,7 +28,7 @@ model: $(STAMP)
 setup: $(STAMP) model
 
 run: setup
-	$(BIN)/ntk-peft zeroshot --task sst2
+	$(BIN)/ntk-compare --task sst2 --subset row1
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -21,23 +21,27 @@ def _label(name: str) -> str:
 
 
 def kernel_heatmaps(kernels: dict[str, np.ndarray], labels: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """One heatmap per kernel of Σ_c K[i, j, c, c], train examples sorted by class.
+    """One heatmap per kernel, train examples sorted by class.
 
+    Shown: for two classes the kernel of the logit difference f_1 − f_0
+    (K11 − K10 − K01 + K00, the kernel binary KLR uses), else Σ_c K[i, j, c, c].
     Entries are capped at the 95th percentile of their absolute values (as
     RoCoFT figure 4), so a few large entries do not wash out the structure.
     """
+    from ntk_peft.solvers.estimators import scalar_kernel
+
     plt = _pyplot()
     order = np.argsort(labels, kind="stable")
     boundaries = np.flatnonzero(np.diff(labels[order])) + 0.5
     fig, axes = plt.subplots(1, len(kernels), figsize=(4.2 * len(kernels), 4.0), squeeze=False)
     for ax, (name, kernel) in zip(axes[0], kernels.items()):
-        matrix = np.trace(np.asarray(kernel), axis1=2, axis2=3)[np.ix_(order, order)]
+        matrix = scalar_kernel(np.asarray(kernel))[np.ix_(order, order)]
         cap = np.percentile(np.abs(matrix), 95)
-        image = ax.imshow(np.clip(matrix, -cap, cap), cmap="viridis", interpolation="nearest")
+        image = ax.imshow(np.clip(matrix, -cap, cap), cmap="RdBu_r", vmin=-cap, vmax=cap, interpolation="nearest")
         for b in boundaries:
             ax.axhline(b, color="white", lw=0.8)
             ax.axvline(b, color="white", lw=0.8)
-        ax.set_title(_label(name))
+        ax.set_title(_label(name) + (" (logit difference)" if np.asarray(kernel).shape[2] == 2 else " (trace)"))
         ax.set_xlabel("train example (sorted by class)")
         ax.set_ylabel("train example (sorted by class)")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
