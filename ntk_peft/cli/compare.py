@@ -65,14 +65,13 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ntk_peft.experiments import format_table, run_compare
+    from ntk_peft.experiments import default_out, format_table, run_compare
 
     results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
                           implementation=args.implementation)
-    out = Path(args.out or Path("runs") / "ntk-compare" /
-               f"{results['task']}-{Path(args.model).name}-k{args.k}")
+    out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k)
     if args.figures:
         from ntk_peft.plotting import kernel_heatmaps, kernel_spectra, load_train_kernels
 

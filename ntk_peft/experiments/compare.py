@@ -113,6 +113,11 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
             "effective_rank": effective, "n_train": len(train), "n_eval": len(evaluation), "timing_s": timing}
 
 
+def default_out(task: str, model_name: str, k: int) -> Path:
+    """``runs/ntk-compare/<TASK>-<model>-k<k>``."""
+    return Path("runs") / "ntk-compare" / f"{get_task(task).name}-{Path(model_name).name}-k{k}"
+
+
 def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42, 87, 100),
                 model_name: str = "smollm2-135m", solver: str = "klr", max_eval: int | None = None,
                 out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
@@ -122,7 +127,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42
     spec = get_task(task)
     for text in subsets:
         parse_spec(text)  # bad specs fail before any work
-    out = Path(out or Path("runs") / "ntk-compare" / f"{spec.name}-{Path(model_name).name}-k{k}")
+    out = Path(out or default_out(spec.name, model_name, k))
     results_path = out / "results.json"
     if results_path.is_file():
         previous = json.loads(results_path.read_text())

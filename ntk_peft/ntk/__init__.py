@@ -8,10 +8,10 @@ the implementations and their costs.
 from ntk_peft.ntk.blocked import kernel_blocks
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.engine import empirical_ntk
-from ntk_peft.ntk.layout import from_flat, to_flat, to_lm_kernel_ft, trace_over_outputs
-from ntk_peft.ntk.store import KernelStore, batches_hash, model_hash
 from ntk_peft.ntk.implementations import NtkImplementation
+from ntk_peft.ntk.layout import from_flat, to_flat, to_lm_kernel_ft, trace_over_outputs
 from ntk_peft.ntk.reference import reference_jacobian
+from ntk_peft.ntk.store import KernelStore, batches_hash, model_hash
 from ntk_peft.ntk.subsets import parse_subsets, subset_params
 
 __all__ = [

@@ -84,7 +84,7 @@ def bias_jacobian(rec: Record) -> torch.Tensor:
 
 
 def embedding_rows(rec: Record | None, padding_idx: int | None, head_words: torch.Tensor | None = None,
-                   head_features: torch.Tensor | None = None, classes: int | None = None):
+                   head_features: torch.Tensor | None = None):
     """Per-example gradient rows of an embedding matrix: ``(example, token id, [C, d] vector)``.
 
     Rows come from the tokens looked up (∂f_c/∂E[k_t] gets e_t; the padding

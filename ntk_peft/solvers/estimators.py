@@ -15,12 +15,12 @@ pretrained model's label logits (offset; default on in ``ntk-compare``).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
 
 from ntk_peft.errors import UserError
 from ntk_peft.solvers.klr import binary_kernel, fit_klr, flat_kernel, klr_logits
-from scipy.special import softmax
 
 
 class _KernelClassifier(ClassifierMixin, BaseEstimator):

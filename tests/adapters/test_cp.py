@@ -9,6 +9,8 @@ from torch import nn
 
 from ntk_peft.adapters.cp import CPAdapter, CPFactors
 from ntk_peft.errors import UserError
+from tests.adapters.layers import inputs as _x
+from tests.adapters.layers import linear as _linear
 
 D_IN, HEAD_DIM, HEADS, LAYERS, MATRICES, RANK = 12, 2, 6, 3, 4, 3
 TOL = dict(rtol=1e-12, atol=1e-12)
@@ -22,13 +24,6 @@ def _factors(alpha=None, seed=3):
                      generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _linear(d_in, d_out, bias=True, seed=0):
-    torch.manual_seed(seed)
-    return nn.Linear(d_in, d_out, bias=bias).double()
-
-
-def _x(d_in, seed=1):
-    return torch.randn(2, 3, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def _randomise(factors, seed=2):

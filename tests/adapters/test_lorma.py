@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter, inflated_matrix, permute_rows
 from ntk_peft.errors import UserError
+from tests.adapters.layers import inputs as _x
+from tests.adapters.layers import linear as _linear
 
 # (d_in, d_out); at 64 -> 48 F.linear(x, W, b) and F.linear(x, W) + b differ in the last bit,
 # so the exact-at-init checks see a forward that adds the bias separately
@@ -17,13 +18,6 @@ RANK = 2
 TOL = dict(rtol=1e-12, atol=1e-12)
 
 
-def _linear(d_in, d_out, bias=True, seed=0):
-    torch.manual_seed(seed)
-    return nn.Linear(d_in, d_out, bias=bias).double()
-
-
-def _x(d_in, seed=1):
-    return torch.randn(2, 3, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def _randomise(adapter, seed=2):

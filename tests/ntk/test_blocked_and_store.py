@@ -10,6 +10,7 @@ from ntk_peft.errors import UserError
 from ntk_peft.ntk import (
     KernelStore,
     batches_hash,
+    blocked,
     empirical_ntk,
     from_flat,
     kernel_blocks,
@@ -18,7 +19,6 @@ from ntk_peft.ntk import (
     to_lm_kernel_ft,
     trace_over_outputs,
 )
-from ntk_peft.ntk import blocked
 from ntk_peft.tasks import load_split, make_batch
 
 SUBSETS = ("full", "row1", "lora1")

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ntk_peft import label_logits, load_model
+from ntk_peft.adapters import parse_spec
 from ntk_peft.errors import UserError
 from ntk_peft.ntk import NtkImplementation, empirical_ntk, subset_params
-from ntk_peft.adapters import parse_spec
 from ntk_peft.tasks import load_split, make_batch, slice_batch
 
 SUBSETS = ["full", "linear", "row1", "row2:random", "col1", "rand0.1", "lora2", "more2x2", "cp2",
