@@ -205,7 +205,7 @@ def test_targets_and_bad_targets(tiny_models):
     with pytest.raises(UserError, match="already carries an adapter"):
         apply_adapter(model, "row1")
     names.remove()
-    with pytest.raises(UserError, match="target 'query' matches no Linear|target 'nothing' matches"):
+    with pytest.raises(UserError, match="target 'nothing' matches no Linear layer"):
         apply_adapter(model, "row1", targets="nothing")
     with pytest.raises(UserError, match="rank 99 is larger than the 32 rows"):
         apply_adapter(model, "row99")

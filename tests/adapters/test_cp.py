@@ -9,6 +9,7 @@ from torch import nn
 
 from ntk_peft.adapters.cp import CPAdapter, CPFactors
 from ntk_peft.errors import UserError
+from tests.adapters.layers import check_merge_unmerge
 from tests.adapters.layers import inputs as _x
 from tests.adapters.layers import linear as _linear
 
@@ -110,20 +111,7 @@ def test_merge_unmerge():
     factors = _factors(alpha=16.0)
     _randomise(factors)
     adapter = CPAdapter(_linear(12, 4), factors, 1, 1, HEAD_DIM)
-    w0 = adapter.base.weight.detach().clone()
-    x = _x(12)
-    with torch.no_grad():
-        unmerged = adapter(x)
-        delta = adapter.delta_weight().clone()
-        adapter.merge()
-        merged_weight = adapter.base.weight.clone()
-        torch.testing.assert_close(merged_weight, w0 + delta, **TOL)
-        torch.testing.assert_close(adapter(x), unmerged, **TOL)
-        adapter.merge()
-        assert torch.equal(adapter.base.weight, merged_weight)
-        adapter.unmerge()
-        torch.testing.assert_close(adapter.base.weight, w0, **TOL)
-        torch.testing.assert_close(adapter(x), unmerged, **TOL)
+    check_merge_unmerge(adapter, _x(12))
 
 
 def test_shared_factors_are_listed_once():

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter, inflated_matrix, permute_rows
 from ntk_peft.errors import UserError
+from tests.adapters.layers import check_merge_unmerge
 from tests.adapters.layers import inputs as _x
 from tests.adapters.layers import linear as _linear
 
@@ -129,24 +130,7 @@ def test_delta_and_forward_match_dense_reference(cls, d_in, d_out, post, alpha):
 def test_merge_unmerge(cls, post):
     adapter = _make(cls, 12, 4, post, alpha=6.0)
     _randomise(adapter)
-    w0 = adapter.base.weight.detach().clone()
-    x = _x(12)
-    with torch.no_grad():
-        unmerged = adapter(x)
-        delta = adapter.delta_weight().clone()
-        adapter.merge()
-        merged_weight = adapter.base.weight.clone()
-        torch.testing.assert_close(merged_weight, w0 + delta, **TOL)
-        torch.testing.assert_close(adapter(x), unmerged, **TOL)
-        # ΔW depends on W0: while merged it is the cached one, not one recomputed from W0 + ΔW
-        torch.testing.assert_close(adapter.delta_weight(), delta, rtol=0, atol=0)
-        adapter.merge()
-        assert torch.equal(adapter.base.weight, merged_weight)
-        adapter.unmerge()
-        torch.testing.assert_close(adapter.base.weight, w0, **TOL)
-        torch.testing.assert_close(adapter(x), unmerged, **TOL)
-        adapter.unmerge()
-        torch.testing.assert_close(adapter.base.weight, w0, **TOL)
+    check_merge_unmerge(adapter, _x(12))
 
 
 @pytest.mark.parametrize("post", [False, True])
