@@ -1,7 +1,10 @@
 """eNTK speed and memory on SmolLM2 with SST-2 prompts (C = 2).
 
 Each case runs in its own process so that its peak resident memory is its
-own. Cases:
+own, and is timed after one untimed warm-up call on two other examples in
+that process (steady state; ``--cold`` times the first call instead); the
+median of ``--repeats`` timed calls is reported (5 for the cheap n = 8
+cases: timings on a shared 2-core machine vary by ±20 % from run to run). Cases:
 
 - ``floor``: one forward and C backward passes to the embedding output (no
   weight gradient): the least any exact method must do;
@@ -14,6 +17,7 @@ own. Cases:
 Usage::
 
     python benchmarks/bench_ntk.py              # n = 8 (all) and n = 64 (fast)
+    python benchmarks/bench_ntk.py --cold       # the same, first call in each process
     python benchmarks/bench_ntk.py --sst2       # also the 32 x 872 kernel set (long)
     python benchmarks/bench_ntk.py --case fast --subsets full --n 8   # one case
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -55,16 +60,29 @@ def _floor(model, batch) -> None:
             torch.autograd.grad(logits[:, c].sum(), hidden_in, retain_graph=c < logits.shape[1] - 1)
 
 
-def run_case(case: str, subsets: list[str], n: int) -> dict:
+def run_case(case: str, subsets: list[str], n: int, warmup: bool = True, repeats: int = 1) -> dict:
     from ntk_peft import load_model
-    from ntk_peft.ntk import empirical_ntk
     from ntk_peft.tasks import make_batch
 
     model, tok = load_model("smollm2-135m")
     for p in model.parameters():
         p.requires_grad_(False)
     batch = make_batch(tok, "sst2", _examples(n))
-    start = time.perf_counter()
+    if warmup:  # steady state: one untimed call on two other examples first, the same for every case
+        _run(case, model, make_batch(tok, "sst2", _examples(2, "eval")), subsets)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _run(case, model, batch, subsets)
+        times.append(time.perf_counter() - start)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    return {"case": case, "subsets": ",".join(subsets), "n": n, "seconds": statistics.median(times),
+            "all_seconds": times, "peak_gb": peak_gb, "warm": warmup}
+
+
+def _run(case: str, model, batch, subsets: list[str]) -> None:
+    from ntk_peft.ntk import empirical_ntk
+
     if case == "floor":
         _floor(model, batch)
     elif case == "jvp-pass":  # one forward-mode pass over the batch (LM-Kernel-FT's unit of work)
@@ -76,9 +94,6 @@ def run_case(case: str, subsets: list[str], n: int) -> dict:
         jvp(lambda p: _call(model, p, batch), (params,), (tangents,))
     else:
         empirical_ntk(model, batch, subsets=subsets, implementation=case)
-    seconds = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    return {"case": case, "subsets": ",".join(subsets), "n": n, "seconds": seconds, "peak_gb": peak_gb}
 
 
 def _call(model, params, batch):
@@ -121,6 +136,9 @@ def main() -> None:
     parser.add_argument("--subsets", default="full")
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--sst2", action="store_true")
+    parser.add_argument("--cold", action="store_true", help="time the first call in each process (no warm-up)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed calls per case, median reported (default 5 for n = 8 except reference, else 1)")
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -128,7 +146,8 @@ def main() -> None:
         print(json.dumps(sst2_kernel_set()))
         return
     if args.case:
-        print(json.dumps(run_case(args.case, args.subsets.split(","), args.n)))
+        print(json.dumps(run_case(args.case, args.subsets.split(","), args.n, warmup=not args.cold,
+                                  repeats=args.repeats or 1)))
         return
     plan = [("floor", "full", 8), ("jvp-pass", "full", 8)]
     for subsets in ("full", "row1", "full,row1,col1,lora1"):
@@ -138,7 +157,9 @@ def main() -> None:
     plan += [("floor", "full", 64), ("fast", "full,row1,col1,lora1", 64)]
     rows = []
     for case, subsets, n in plan:
-        cmd = [sys.executable, __file__, "--case", case, "--subsets", subsets, "--n", str(n)]
+        repeats = args.repeats or (5 if n <= 8 and case != "reference" else 1)
+        cmd = [sys.executable, __file__, "--case", case, "--subsets", subsets, "--n", str(n),
+               "--repeats", str(repeats)] + (["--cold"] if args.cold else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
         row = json.loads(line) if line else {"case": case, "subsets": subsets, "n": n, "seconds": float("nan"),

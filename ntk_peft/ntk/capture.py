@@ -10,6 +10,7 @@ number of real tokens; padded views are rebuilt on demand.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,14 @@ class Record:
     @property
     def size(self) -> int:
         return self.shape[0]
+
+    @functools.cached_property
+    def membership(self) -> torch.Tensor:
+        """``[n, N]`` float64, 1 where position t belongs to example i (computed once)."""
+        tokens = self.example.numel()
+        out = torch.zeros(self.size, tokens, dtype=torch.float64, device=self.example.device)
+        return out.index_put_((self.example, torch.arange(tokens, device=out.device)),
+                              torch.ones((), dtype=torch.float64, device=out.device))
 
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(inputs [N, d_in], grads [C, N, d_out], example [N])`` in the recorded dtype."""
@@ -101,7 +110,14 @@ def _as_tokens(tensor: torch.Tensor, batch_size: int, seq_len: int) -> tuple[tor
 
 
 def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None = None) -> Capture:
-    """Run one forward and C backward passes, recording ``modules`` (default: all with parameters)."""
+    """Run one forward and C backward passes, recording ``modules`` (default: all with parameters).
+
+    Parameters are frozen during the passes, so no weight gradient is formed:
+    the backward passes run from f_c to the recorded outputs that start the
+    differentiable graph (embeddings), and a tensor hook on every recorded
+    output packs its gradient as soon as it is produced, so the padded
+    gradients are freed at once rather than held until the pass ends.
+    """
     split = split_lm_head(model)
     if split is None:
         raise UserError(f"the fast eNTK does not know the LM head of {type(model).__name__}; "
@@ -109,21 +125,45 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
     modules = parameter_modules(model) if modules is None else modules
     mask = batch["attention_mask"]
     size, seq_len = mask.shape
-    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    token_rows = (mask > 0).flatten().nonzero().squeeze(1)  # real positions in the flattened [B·L] layout
+    example_rows = torch.arange(size, device=mask.device)
+    layout: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (rows into the flattened output, L)
+    inputs_by_name: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
+    sources: list[torch.Tensor] = []
+    packed_grads: dict[str, torch.Tensor] = {}
+    current_class = [0]
+
+    def pack_grad(name):
+        def store(grad):
+            rows, length = layout[name]
+            flat = grad.flatten(0, 1) if length > 1 else grad  # [B·L, ...] or [B, ...]
+            if name not in packed_grads:
+                packed_grads[name] = flat.new_zeros(n_classes, rows.numel(), *flat.shape[1:])
+            torch.index_select(flat, 0, rows, out=packed_grads[name][current_class[0]])
+        return store
 
     def hook(name):
         def record(module, args, output):
-            if name in seen:
+            if name in outputs:
                 raise UserError(f"module {name} runs twice in one forward; the fast eNTK needs "
                                 f"implementation='reference' for this model")
-            if not output.requires_grad:
+            if not output.requires_grad:  # nothing differentiable upstream: a start of the graph
                 output.requires_grad_()
-            seen[name] = (args[0].detach(), output)
+                sources.append(output)
+            _, on_tokens = _as_tokens(args[0], size, seq_len)
+            layout[name] = (token_rows, seq_len) if on_tokens else (example_rows, 1)
+            inputs_by_name[name] = args[0].detach()
+            outputs[name] = output
+            output.register_hook(pack_grad(name))
             return output
         return record
 
+    frozen = [p for p in model.parameters() if p.requires_grad]
     handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
     try:
+        for p in frozen:
+            p.requires_grad_(False)
         with torch.enable_grad():
             hidden = readout_hidden(model, batch)
             if not hidden.requires_grad:
@@ -134,35 +174,28 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
             logits = torch.nn.functional.linear(features, split.weight[words], bias)
             if not torch.isfinite(logits).all():
                 raise UserError("the model's label logits contain NaN or Inf; no kernel can be computed")
-            names = list(seen)
-            outputs = [seen[n][1] for n in names]
-            # Where each module's real positions are, and its packed inputs (shared tensors once).
-            layout, packed_by_tensor = {}, {}
-            for name in names:
-                raw_inputs = seen[name][0]
-                inputs, on_tokens = _as_tokens(raw_inputs, size, seq_len)
-                keep = (mask > 0) if on_tokens else torch.ones(size, 1, dtype=torch.bool, device=mask.device)
-                example, position = keep.nonzero(as_tuple=True)
-                key = (raw_inputs.data_ptr(), tuple(raw_inputs.shape), raw_inputs.dtype)
-                if key not in packed_by_tensor:  # q, k and v read the same tensor: pack it once
-                    packed_by_tensor[key] = inputs[example, position]
-                layout[name] = (packed_by_tensor[key], example, position, inputs.shape[1])
-            packed_grads: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-            for c in range(logits.shape[1]):
-                grads = torch.autograd.grad(logits[:, c].sum(), outputs, retain_graph=c < logits.shape[1] - 1,
-                                            allow_unused=True)
-                for name, output, grad in zip(names, outputs, grads):  # pack each class's gradients at once
-                    _, example, position, _ = layout[name]
-                    grad = torch.zeros_like(output) if grad is None else grad.detach()
-                    packed_grads[name].append(_as_tokens(grad, size, seq_len)[0][example, position])
-                del grads
+            n_classes = logits.shape[1]
+            for c in range(n_classes):
+                current_class[0] = c
+                torch.autograd.grad(logits[:, c].sum(), sources, retain_graph=c < n_classes - 1, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
-    seen.clear()
+        for p in frozen:
+            p.requires_grad_(True)
     records = {}
-    for name in names:
-        inputs, example, position, length = layout[name]
-        records[name] = Record(modules[name], inputs, torch.stack(packed_grads.pop(name)), example, position,
-                               (size, length))
+    packed_by_tensor: dict[tuple, torch.Tensor] = {}
+    positions = {id(rows): (rows // length, rows % length) for rows, length in layout.values()}
+    for name, output in outputs.items():
+        rows, length = layout[name]
+        raw = inputs_by_name[name]
+        key = (raw.data_ptr(), tuple(raw.shape), raw.dtype)
+        if key not in packed_by_tensor:  # q, k and v read the same tensor: pack it once
+            flat = raw.flatten(0, 1) if length > 1 else raw  # [B·L, ...] or [B, ...]
+            packed_by_tensor[key] = flat.index_select(0, rows)
+        grads = packed_grads.get(name)
+        if grads is None:  # the output does not reach the read-out
+            grads = output.new_zeros(n_classes, rows.numel(), *output.shape[2 if length > 1 else 1:])
+        example, position = positions[id(rows)]  # shared, so layers with one layout are summed together
+        records[name] = Record(modules[name], packed_by_tensor[key], grads, example, position, (size, length))
     return Capture(records, features.detach(), logits.detach(), words)

@@ -15,65 +15,110 @@ from torch.func import functional_call, grad, vmap
 from ntk_peft.ntk.capture import Record
 
 
-def dense_kernel(jac1: torch.Tensor, jac2: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
-    """⟨J1[i, c], J2[j, c']⟩ for per-example gradients ``[n, C, P]``, in float64.
+def dense_kernel(jac1: torch.Tensor, jac2: torch.Tensor, chunk: int = 1 << 22, *,
+                 input_precision: bool = False) -> torch.Tensor:
+    """⟨J1[i, c], J2[j, c']⟩ for per-example gradients ``[n, C, P]``, as float64 ``[n1, n2, C, C]``.
 
-    Works through P in slices of ``chunk`` so that a float32 Jacobian is never
-    copied whole to float64.
+    Works through P in slices of ``chunk``. By default each slice is converted
+    to float64 first (exact products, and a float32 Jacobian is never copied
+    whole); with ``input_precision`` each slice's products run in the
+    Jacobians' own dtype and only the slice sums are accumulated in float64.
     """
-    total = None
+    total = jac1.new_zeros(jac1.shape[0], jac2.shape[0], jac1.shape[1], jac2.shape[1], dtype=torch.float64)
     for start in range(0, jac1.shape[-1], chunk):
-        a = jac1[..., start : start + chunk].double()
-        b = a if jac2 is jac1 else jac2[..., start : start + chunk].double()
-        part = torch.einsum("icp,jdp->ijcd", a, b)
-        total = part if total is None else total + part
-    if total is None:
-        return jac1.new_zeros(jac1.shape[0], jac2.shape[0], jac1.shape[1], jac2.shape[1], dtype=torch.float64)
+        a = jac1[..., start : start + chunk]
+        b = a if jac2 is jac1 else jac2[..., start : start + chunk]
+        if not input_precision:
+            a, b = a.double(), (a.double() if b is a else b.double())
+        total += torch.einsum("icp,jdp->ijcd", a, b)
     return total
 
 
 def linear_weight_kernel(rec1: Record, rec2: Record, method: str = "auto") -> torch.Tensor:
-    """Kernel of a Linear weight: Σ_{t,s} (g_t·g'_s)(a_t·a'_s) for every class pair.
+    """Kernel of one Linear weight: Σ_{t,s} (g_t·g'_s)(a_t·a'_s) for every class pair (see `LinearKernelSum`)."""
+    total = LinearKernelSum(method)
+    total.add(rec1, rec2)
+    return total.result(rec1.size, rec2.size, rec1.packed_grads.shape[0], rec2.packed_grads.shape[0])
 
-    On packed real tokens (N1, N2 of them), ``method``:
 
-    - ``gram``: token Gram matrices, K_cc' = E1·[(A1·A2ᵀ) ⊙ (G1c·G2c'ᵀ)]·E2ᵀ with
-      E the token-to-example membership; cost ~ N1·N2·(d_in + C²·d_out);
-    - ``materialise``: each example's ∂f_c/∂W = Σ_t g_t a_tᵀ, then inner
-      products; cost ~ C·(N1 + N2)·d_in·d_out + n1·n2·C²·d_in·d_out;
-    - ``auto``: the cheaper of the two.
+def choose_linear_method(rec1: Record, rec2: Record, method: str = "auto") -> str:
+    """``gram`` or ``materialise`` for one Linear layer, by operation count when ``auto``.
+
+    On packed real tokens (N1, N2 of them): ``gram`` costs ~ N1·N2·(d_in + C²·d_out),
+    ``materialise`` ~ C·(N1 + N2)·d_in·d_out + n1·n2·C²·d_in·d_out.
     """
-    a1, g1, e1 = (t.double() if t.is_floating_point() else t for t in rec1.packed())
-    a2, g2, e2 = (a1, g1, e1) if rec2 is rec1 else (t.double() if t.is_floating_point() else t
-                                                   for t in rec2.packed())
-    n1, n2 = rec1.size, rec2.size
-    classes, d_in, d_out = g1.shape[0], a1.shape[1], g1.shape[2]
-    tokens1, tokens2 = a1.shape[0], a2.shape[0]
-    if method == "auto":
-        gram = tokens1 * tokens2 * (d_in + classes * classes * d_out)
-        materialise = classes * (tokens1 + tokens2) * d_in * d_out + n1 * n2 * classes * classes * d_in * d_out
-        method = "gram" if gram < materialise else "materialise"
-    if method == "materialise":
-        m1 = per_example_weight_grads(rec1)
-        m2 = m1 if rec2 is rec1 else per_example_weight_grads(rec2)
-        return dense_kernel(m1, m2)
-    member1 = torch.zeros(n1, tokens1, dtype=torch.float64).index_put_((e1, torch.arange(tokens1)), torch.ones((), dtype=torch.float64))
-    member2 = member1 if rec2 is rec1 else torch.zeros(n2, tokens2, dtype=torch.float64).index_put_(
-        (e2, torch.arange(tokens2)), torch.ones((), dtype=torch.float64))
-    inputs = a1 @ a2.T
-    out = torch.empty(n1, n2, classes, classes, dtype=torch.float64)
-    for c in range(classes):
-        for d in range(classes):
-            out[:, :, c, d] = member1 @ (inputs * (g1[c] @ g2[d].T)) @ member2.T
-    return out
+    if method != "auto":
+        return method
+    classes, tokens1, d_out = rec1.packed_grads.shape
+    tokens2, d_in = rec2.packed_inputs.shape[0], rec1.packed_inputs.shape[1]
+    gram = tokens1 * tokens2 * (d_in + classes * classes * d_out)
+    materialise = (classes * (tokens1 + tokens2) * d_in * d_out
+                   + rec1.size * rec2.size * classes * classes * d_in * d_out)
+    return "gram" if gram < materialise else "materialise"
+
+
+class LinearKernelSum:
+    """The kernel of many Linear weights, summed: ``add`` each layer, then ``result``.
+
+    ``gram`` layers: K_cc' = E1·[(A1·A2ᵀ) ⊙ (G1c·G2c'ᵀ)]·E2ᵀ with E the
+    token-to-example membership. The token-level products of all layers are
+    summed first and reduced to examples once; the input Gram A1·A2ᵀ is
+    computed once for layers reading the same tensor (q, k, v; gate, up); the
+    C² output Grams are one GEMM of the class-stacked gradients.
+    ``materialise`` layers form each example's ∂f_c/∂W = Σ_t g_t a_tᵀ.
+
+    Precision: the Grams (and materialised gradients) run in the recorded
+    dtype (float32 for a float32 model, whose recorded activations carry
+    ~1e-7 relative error already); per-layer results are accumulated and
+    reduced in float64.
+    """
+
+    def __init__(self, method: str = "auto"):
+        if method not in ("auto", "gram", "materialise"):
+            raise ValueError(f"unknown Linear contraction method {method!r}")
+        self.method = method
+        self._input_grams: dict[tuple[int, int], torch.Tensor] = {}
+        self._tokens: dict[tuple[int, int], tuple[Record, Record, torch.Tensor]] = {}
+        self._dense: torch.Tensor | None = None
+
+    def add(self, rec1: Record, rec2: Record) -> None:
+        if choose_linear_method(rec1, rec2, self.method) == "materialise":
+            m1 = per_example_weight_grads(rec1)
+            part = dense_kernel(m1, m1 if rec2 is rec1 else per_example_weight_grads(rec2), input_precision=True)
+            self._dense = part if self._dense is None else self._dense + part
+            return
+        a1, g1 = rec1.packed_inputs, rec1.packed_grads
+        a2, g2 = rec2.packed_inputs, rec2.packed_grads
+        key = (id(a1), id(a2))
+        if key not in self._input_grams:
+            self._input_grams[key] = a1 @ a2.T
+        inputs = self._input_grams[key]  # [N1, N2]
+        classes1, tokens1, _ = g1.shape
+        classes2, tokens2, _ = g2.shape
+        flat1 = g1.reshape(classes1 * tokens1, -1)
+        flat2 = flat1 if g2 is g1 else g2.reshape(classes2 * tokens2, -1)
+        product = (flat1 @ flat2.T).view(classes1, tokens1, classes2, tokens2) * inputs[None, :, None, :]
+        layout = (id(rec1.example), id(rec2.example))
+        if layout not in self._tokens:
+            self._tokens[layout] = (rec1, rec2, torch.zeros(product.shape, dtype=torch.float64,
+                                                            device=product.device))
+        self._tokens[layout][2].add_(product)
+
+    def result(self, n1: int, n2: int, classes1: int, classes2: int) -> torch.Tensor:
+        """``[n1, n2, C, C]`` float64."""
+        total = torch.zeros(n1, n2, classes1, classes2, dtype=torch.float64)
+        for rec1, rec2, tokens in self._tokens.values():
+            total += torch.einsum("it,ctds,js->ijcd", rec1.membership, tokens, rec2.membership)
+        if self._dense is not None:
+            total += self._dense
+        return total
 
 
 def per_example_weight_grads(rec: Record) -> torch.Tensor:
-    """Σ_t g_t a_tᵀ per example and class (pads are zero): ``[n, C, d_out·d_in]``, one bmm per class."""
-    inputs, grads = rec.inputs.double(), rec.grads.double()
+    """Σ_t g_t a_tᵀ per example and class (pads are zero): ``[n, C, d_out·d_in]`` in the recorded dtype."""
+    inputs, grads = rec.inputs, rec.grads
     n, classes = inputs.shape[0], grads.shape[0]
-    return torch.stack([torch.bmm(grads[c].transpose(1, 2), inputs) for c in range(classes)], dim=1).reshape(
-        n, classes, -1)
+    return torch.matmul(grads.transpose(2, 3), inputs.unsqueeze(0)).transpose(0, 1).reshape(n, classes, -1)
 
 
 def bias_jacobian(rec: Record) -> torch.Tensor:
@@ -131,6 +176,42 @@ def rows_kernel(rows1, rows2, n1: int, n2: int) -> torch.Tensor:
     table1 = dense(ex1, ids1, vec1, n1)
     table2 = table1 if rows2 is rows1 else dense(ex2, ids2, vec2, n2)
     return torch.einsum("iucd,jued->ijce", table1, table2)
+
+
+def elementwise_affine_jacobian(module: nn.Module, rec: Record) -> torch.Tensor | None:
+    """Per-example gradients ``[n, C, P]`` of a module computing y = h(x) ⊙ w (+ b), else None.
+
+    Norm layers (LayerNorm, RMSNorm) are of this form: ∂f_c/∂w = Σ_t g_t ⊙ h(x_t)
+    and ∂f_c/∂b = Σ_t g_t. h is the module's own forward with w = 1, b = 0;
+    the form is checked on the recorded inputs (y(w, b) = h ⊙ w + b), so a
+    module that is not affine in its weight this way (e.g. y = h ⊙ (1 + w))
+    returns None and goes through `module_jacobian`.
+    """
+    params = dict(module.named_parameters(recurse=False))
+    weight, bias = params.get("weight"), params.get("bias")
+    if weight is None or set(params) - {"weight", "bias"} or weight.dim() != 1 or (
+            bias is not None and bias.shape != weight.shape):
+        return None
+    inputs = rec.inputs
+    unit = {"weight": torch.ones_like(weight)}
+    if bias is not None:
+        unit["bias"] = torch.zeros_like(bias)
+    with torch.no_grad():
+        normed = functional_call(module, unit, (inputs,))
+        if normed.shape[-1] != weight.shape[0] or normed.shape[:-1] != inputs.shape[:-1]:
+            return None
+        expected = normed * weight + (0 if bias is None else bias)
+        actual = module(inputs)
+    tolerance = 64 * torch.finfo(actual.dtype).eps * max(actual.abs().max().item(), 1.0)
+    if actual.shape != expected.shape or (actual - expected).abs().max().item() > tolerance:
+        return None
+    grads = rec.packed_grads  # [C, N, d]
+    normed = normed[rec.example, rec.position]  # [N, d] at the real positions
+    member = rec.membership.to(grads.dtype)
+    parts = [torch.einsum("it,ctd->icd", member, grads * normed)]
+    if bias is not None:
+        parts.append(torch.einsum("it,ctd->icd", member, grads))
+    return torch.cat(parts, dim=-1).double()
 
 
 def module_jacobian(module: nn.Module, rec: Record, params: dict[str, torch.Tensor] | None = None,

@@ -10,10 +10,11 @@ from ntk_peft.errors import UserError
 from ntk_peft.models import split_lm_head
 from ntk_peft.ntk.capture import Capture
 from ntk_peft.ntk.contract import (
+    LinearKernelSum,
     bias_jacobian,
     dense_kernel,
+    elementwise_affine_jacobian,
     embedding_rows,
-    linear_weight_kernel,
     module_jacobian,
     rows_kernel,
 )
@@ -25,11 +26,11 @@ def fast_kernel(model: nn.Module, sub: SubsetParams, cap1: Capture, cap2: Captur
     if sub.spec.kind == "full":
         return full_kernel(model, cap1, cap2, linear_method)
     if sub.spec.kind == "linear":
-        total = 0
+        weights = LinearKernelSum(linear_method)
         for name in sub.params:
             layer = name[: -len(".weight")]
-            total = total + linear_weight_kernel(cap1.records[layer], cap2.records[layer], linear_method)
-        return total
+            weights.add(cap1.records[layer], cap2.records[layer])
+        return weights.result(cap1.size, cap2.size, cap1.logits.shape[1], cap2.logits.shape[1])
     return adapter_kernel(sub, cap1, cap2)
 
 
@@ -40,11 +41,12 @@ def full_kernel(model: nn.Module, cap1: Capture, cap2: Capture, linear_method: s
     total = torch.zeros(n1, n2, classes, classes, dtype=torch.float64)
     covered: set[int] = set()
     head_tied = False
+    weights = LinearKernelSum(linear_method)
     for name, rec1 in cap1.records.items():
         rec2 = cap2.records[name]
         module = rec1.module
         if isinstance(module, nn.Linear):
-            total += linear_weight_kernel(rec1, rec2, linear_method)
+            weights.add(rec1, rec2)
             covered.add(id(module.weight))
             if module.bias is not None:
                 jac1 = bias_jacobian(rec1)
@@ -60,10 +62,11 @@ def full_kernel(model: nn.Module, cap1: Capture, cap2: Capture, linear_method: s
             total += rows_kernel(rows1, rows2, n1, n2)
             covered.add(id(module.weight))
         else:
-            jac1 = _flat(module_jacobian(module, rec1))
-            jac2 = jac1 if rec2 is rec1 else _flat(module_jacobian(module, rec2))
+            jac1 = _module_params_jacobian(module, rec1)
+            jac2 = jac1 if rec2 is rec1 else _module_params_jacobian(module, rec2)
             total += dense_kernel(jac1, jac2)
             covered.update(id(p) for p in module.parameters(recurse=False))
+    total += weights.result(n1, n2, classes, cap2.logits.shape[1])
     if not head_tied:  # an untied output matrix: only the label words' rows move
         rows1 = embedding_rows(None, None, cap1.words, cap1.features)
         rows2 = rows1 if cap2 is cap1 else embedding_rows(None, None, cap2.words, cap2.features)
@@ -77,6 +80,12 @@ def full_kernel(model: nn.Module, cap1: Capture, cap2: Capture, linear_method: s
         raise UserError(f"the fast eNTK cannot place parameters {missing[:4]} of {type(model).__name__}; "
                         f"use implementation='reference'")
     return total
+
+
+def _module_params_jacobian(module: nn.Module, rec) -> torch.Tensor:
+    """``[n, C, P]`` over a module's own parameters: closed form for norms, else through its forward."""
+    closed = elementwise_affine_jacobian(module, rec)
+    return closed if closed is not None else _flat(module_jacobian(module, rec))
 
 
 def _flat(grads: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -94,25 +103,40 @@ class _AdapterCall(nn.Module):
 def closed_form_jacobian(layer: nn.Module, rec) -> torch.Tensor | None:
     """Per-example gradients ``[n, C, P]`` of rows, columns and LoRA adapters, else None.
 
-    rows R: Σ_t g_t[R] a_tᵀ; columns S: Σ_t g_t a_t[S]ᵀ; LoRA: ∂f/∂A = s·Bᵀ Σ_t g_t a_tᵀ
+    rows R: Σ_t g_t[R] a_tᵀ; columns S: Σ_t g_t a_t[S]ᵀ; LoRA: ∂f/∂A = s·Σ_t (Bᵀg_t) a_tᵀ
     and ∂f/∂B = s·Σ_t g_t (A a_t)ᵀ (parameter order as ``named_parameters``).
+    Each is one GEMM over the packed tokens in the recorded dtype, weighted by
+    the token-to-example membership E ``[n, N]``.
     """
-    inputs, grads = rec.inputs.double(), rec.grads.double()  # [n, T, d_in], [C, n, T, d_out]
-    n, classes = inputs.shape[0], grads.shape[0]
-
-    def outer(g, a):  # Σ_t g_t a_tᵀ per example and class -> [n, C, rows·cols]
-        return torch.einsum("cntl,ntk->nclk", g, a).reshape(n, classes, -1)
-
     if isinstance(layer, RowAdapter):
-        return outer(grads[..., layer.rows], inputs)
+        return _weighted_inputs(rec, rec.packed_grads[..., layer.rows])
     if isinstance(layer, ColAdapter):
-        return outer(grads, inputs[..., layer.cols])
+        return _weighted_grads(rec, rec.packed_inputs[:, layer.cols])
     if isinstance(layer, LoRAAdapter) and isinstance(layer.dropout, nn.Identity):
-        a_mat, b_mat = layer.A.detach().double(), layer.B.detach().double()
-        grad_a = layer.scale * outer(torch.einsum("cntl,lr->cntr", grads, b_mat), inputs)
-        grad_b = layer.scale * outer(grads, inputs @ a_mat.T)
-        return torch.cat([grad_a, grad_b], dim=-1)
+        dtype = rec.packed_inputs.dtype
+        a_mat, b_mat = layer.A.detach().to(dtype), layer.B.detach().to(dtype)
+        grad_a = _weighted_inputs(rec, rec.packed_grads @ b_mat)
+        grad_b = _weighted_grads(rec, rec.packed_inputs @ a_mat.T)
+        return layer.scale * torch.cat([grad_a, grad_b], dim=-1)
     return None
+
+
+def _weighted_inputs(rec, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_t w[c, t, k] a_t per example: ``[n, C, K·d_in]`` from ``weights [C, N, K]``."""
+    classes, tokens, width = weights.shape
+    member = rec.membership.to(weights.dtype)  # [n, N]
+    mixed = (member[None, None] * weights.permute(0, 2, 1)[:, :, None, :]).reshape(-1, tokens)
+    out = (mixed @ rec.packed_inputs).view(classes, width, rec.size, -1)
+    return out.permute(2, 0, 1, 3).reshape(rec.size, classes, -1)
+
+
+def _weighted_grads(rec, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_t g_t w[t, k] per example: ``[n, C, d_out·K]`` from ``weights [N, K]``."""
+    classes, tokens, d_out = rec.packed_grads.shape
+    member = rec.membership.to(weights.dtype)
+    mixed = (member[None] * weights.T[:, None, :]).reshape(-1, tokens)  # [K·n, N]
+    out = torch.matmul(mixed, rec.packed_grads).view(classes, weights.shape[1], rec.size, d_out)  # one GEMM per class
+    return out.permute(2, 0, 3, 1).reshape(rec.size, classes, -1)
 
 
 def adapter_kernel(sub: SubsetParams, cap1: Capture, cap2: Capture) -> torch.Tensor:

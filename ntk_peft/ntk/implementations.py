@@ -21,14 +21,20 @@ class NtkImplementation(str, Enum):
       per example in float64). The plain baseline.
     - ``FAST``: one forward and C backward passes per block of examples, with
       hooks recording each parameterised module's inputs and output-gradients
-      (no weight gradients). Per-example subset gradients are then formed
-      directly: Linear weights as ⟨A·A'ᵀ, G·G'ᵀ⟩ over tokens or through
-      materialised per-layer gradients, whichever costs fewer operations;
-      embeddings by matching token ids (no one-hot matrices), the tied output
-      matrix added to the same rows; adapters and small modules (norms)
-      through their own forward (``vmap(grad)``). Memory: the recorded
-      activations, about n·T·L·d·(1 + C) numbers, plus one layer's
-      per-example gradients at a time. All requested subsets share the passes.
+      at the real (non-pad) tokens only (no weight gradients; each gradient is
+      packed as the backward pass produces it). Per-example subset gradients
+      are then formed directly: Linear weights as ⟨A·A'ᵀ, G·G'ᵀ⟩ over tokens
+      (time ~ N1·N2·(d_in + C²·d_out) per layer for N1, N2 tokens; the token
+      products of all layers summed before one reduction to examples) or
+      through materialised per-layer gradients (~ n1·n2·C²·d_in·d_out),
+      whichever costs fewer operations; embeddings by matching token ids (no
+      one-hot matrices), the tied output matrix added to the same rows; norms
+      in closed form (y = h(x) ⊙ w + b, checked); rows, columns and LoRA as one
+      GEMM per layer; other adapters and modules through their own forward
+      (``vmap(grad)``). The Linear contractions run in the recorded dtype and
+      accumulate in float64. Memory: the recorded activations, about
+      N·L·d·(1 + C) numbers, plus one layer's products at a time. All
+      requested subsets share the passes.
     """
 
     REFERENCE = "reference"

@@ -40,6 +40,21 @@ class SubsetParams:
         return sum(p.numel() for p in self.params.values())
 
 
+def share_tensors_clone(module: nn.Module) -> nn.Module:
+    """A copy of ``module``'s tree of modules that shares its parameters and buffers.
+
+    Replacing a child in the copy (as `apply_adapter` does) leaves the original
+    untouched; no tensor is copied. Hook dictionaries are copied too, so hooks
+    added to one tree do not fire in the other.
+    """
+    clone = copy.copy(module)
+    for key, value in vars(module).items():
+        if key.startswith("_") and isinstance(value, dict):
+            setattr(clone, key, copy.copy(value))
+    clone._modules = {k: None if v is None else share_tensors_clone(v) for k, v in module._modules.items()}
+    return clone
+
+
 def parse_subsets(subsets) -> list[AdapterSpec]:
     """Parse and de-duplicate subset specs, keeping their order."""
     if isinstance(subsets, (str, AdapterSpec)):
@@ -63,10 +78,10 @@ def subset_params(model: nn.Module, spec: AdapterSpec, targets="all", seed: int 
         names = [t.name for t in resolve_targets(model, targets)]
         params = dict(model.named_parameters())
         return SubsetParams(spec, model, {f"{n}.weight": params[f"{n}.weight"] for n in names})
-    # A copy of the modules that shares the parameter tensors: cheap, and the
-    # model's own requires_grad flags (which apply_adapter changes) are restored.
+    # A copy of the module tree that shares every tensor: cheap, and the model's
+    # own requires_grad flags (which apply_adapter changes) are restored.
     flags = {id(p): p.requires_grad for p in model.parameters()}
-    adapted = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
+    adapted = share_tensors_clone(model)
     try:
         handle = apply_adapter(adapted, spec, None if targets == "all" else targets, seed=seed,
                                calibration=calibration)
