@@ -1,6 +1,14 @@
-"""Pure analysis functions (no I/O): kernel comparisons now; ΔW rank/spectrum and
-Monarch/low-rank bounds with their issues."""
+"""Pure analysis functions (no I/O): kernel comparisons, ΔW rank/spectrum and comparisons."""
 
+from ntk_peft.analysis.delta_w import (
+    compare_delta_w,
+    delta_w_metrics,
+    effective_rank_of,
+    numerical_rank,
+    principal_angles,
+    singular_values,
+)
 from ntk_peft.analysis.kernel_metrics import centered_alignment, effective_rank, eigenvalues, relative_difference
 
-__all__ = ["centered_alignment", "effective_rank", "eigenvalues", "relative_difference"]
+__all__ = ["centered_alignment", "compare_delta_w", "delta_w_metrics", "effective_rank", "effective_rank_of",
+           "eigenvalues", "numerical_rank", "principal_angles", "relative_difference", "singular_values"]

@@ -5,6 +5,9 @@
   printed is ``accuracy: <float>``.
 - ``ntk-peft params --adapter SPEC [--adapter ...] [--model M]``: trainable
   parameter counts on a model's shapes (built on the meta device, no weights).
+- ``ntk-peft train --task sst2 --adapter lormapi8 [--k 16] [--seed 42] [--steps N | --epochs E]
+  [--lr] [--targets] [--track-every 10] [--out DIR]``: prompt-based fine-tuning
+  with ΔW rank tracking (see `ntk_peft.train`); resumes from DIR's checkpoint.
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
   a model, so later runs start fast.
 """
@@ -50,6 +53,31 @@ def build_parser() -> Parser:
     count.add_argument("--model", default="smollm2-135m",
                        help="any model name of --model elsewhere, or roberta-base-shape (default: smollm2-135m)")
     count.add_argument("--targets", default=None, help="all, attn, mlp, types, names or patterns (default per adapter)")
+
+    tr = sub.add_parser("train", help="fine-tune with an adapter, tracking the rank of ΔW")
+    tr.add_argument("--task", required=True, help="task name, e.g. sst2")
+    tr.add_argument("--adapter", required=True, help="adapter spec, e.g. lora8, row1, lormapi8, more4x8, full")
+    tr.add_argument("--model", default="smollm2-135m", help="model name (default: smollm2-135m)")
+    tr.add_argument("--k", type=positive_int, default=16, help="examples per class (default 16)")
+    tr.add_argument("--seed", type=int, default=42, help="k-shot split, adapter init and order seed (default 42)")
+    length = tr.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, default=None, help="optimizer steps")
+    length.add_argument("--epochs", type=float, default=None, help="passes over the k-shot train set (default 10)")
+    tr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    tr.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    tr.add_argument("--schedule", default="linear", help="linear, cosine or constant (default linear)")
+    tr.add_argument("--warmup", type=float, default=0.0, help="warmup: fraction of steps (<1) or steps (default 0)")
+    tr.add_argument("--batch-size", type=positive_int, default=8, help="examples per step (default 8)")
+    tr.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default 1.0)")
+    tr.add_argument("--eval-every", type=positive_int, default=50, help="steps between dev evaluations (default 50)")
+    tr.add_argument("--early-stop", type=positive_int, default=None,
+                    help="stop after this many dev evaluations without improvement (default: never)")
+    tr.add_argument("--targets", default=None, help="all, attn, mlp, types, names or patterns (default per adapter)")
+    tr.add_argument("--track-every", type=int, default=10, help="steps between ΔW measurements; 0: start and end")
+    tr.add_argument("--track-layers", default=None, help="only layers whose name contains this text")
+    tr.add_argument("--max-eval", type=positive_int, default=None, help="score a random subset of the eval set")
+    tr.add_argument("--out", default=None, help="run folder (default runs/train/<task>-<adapter>-k<k>-s<seed>)")
+    tr.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
 
     prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
     add_model_options(prep)
@@ -107,12 +135,35 @@ def _params(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from ntk_peft.adapters import parse_spec
+    from ntk_peft.tasks import get_task
+    from ntk_peft.train import TrainConfig, train
+
+    task = get_task(args.task)
+    spec = parse_spec(args.adapter)
+    out = args.out or f"runs/train/{task.name}-{spec}-k{args.k}-s{args.seed}".replace(":", "_")
+    config = TrainConfig(task=task.name, adapter=str(spec), out=out, k=args.k, seed=args.seed, model=args.model,
+                         steps=args.steps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                         schedule=args.schedule, warmup=args.warmup, batch_size=args.batch_size,
+                         max_grad_norm=args.max_grad_norm, eval_every=args.eval_every, early_stop=args.early_stop,
+                         targets=args.targets, track_every=args.track_every, track_layers=args.track_layers,
+                         max_eval=args.max_eval, data_dir=args.data_dir)
+    metrics = train(config)
+    print(f"{task.name} {spec}: {metrics['num_trainable']:,} trainable, {metrics['final_step']} steps, "
+          f"best dev {metrics['best_dev']:.3f} (step {metrics['best_step']}), "
+          f"eval accuracy {metrics['eval_accuracy']:.3f} on {metrics['n_eval']} examples -> {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "zeroshot":
         return _zeroshot(args)
     if args.command == "params":
         return _params(args)
+    if args.command == "train":
+        return _train(args)
     from ntk_peft.models import load_model
 
     model, _ = load_model(args.model, dtype=args.dtype)

@@ -30,6 +30,14 @@ def _blocks(tokenizer, task, examples, size: int, prompt: dict) -> list[dict]:
     return [make_batch(tokenizer, task, examples[i : i + size], **prompt) for i in range(0, len(examples), size)]
 
 
+def length_order(tokenizer, task, examples, prompt: dict) -> np.ndarray:
+    """Indices sorting ``examples`` by prompt length (stable), so that blocks carry little padding."""
+    if not examples:
+        return np.zeros(0, dtype=np.int64)
+    lengths = make_batch(tokenizer, task, examples, **prompt)["attention_mask"].sum(1).numpy()
+    return np.argsort(lengths, kind="stable")
+
+
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
@@ -57,8 +65,12 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
         keep = np.sort(np.random.default_rng(0).permutation(len(evaluation))[:max_eval])
         evaluation = [evaluation[i] for i in keep]
     names = ["full", *[s for s in subsets if s != "full"]]
+    # The eval set is blocked in order of prompt length (kernels do not depend on blocking or padding,
+    # but the passes' cost follows the padded length); its kernel columns are put back in data order.
+    eval_order = length_order(tokenizer, spec, evaluation, prompt)
     batches = {part: _blocks(tokenizer, spec, examples, block_size, prompt)
-               for part, examples in (("train", train), ("dev", split.dev), ("eval", evaluation))}
+               for part, examples in (("train", train), ("dev", split.dev),
+                                      ("eval", [evaluation[i] for i in eval_order]))}
     folder = out / f"seed-{seed}"
     meta = {"model": model_name, "model_hash": model_hash(model), "task": spec.name, "seed": seed, "k": k,
             "subsets": names, "implementation": implementation, "block_size": block_size,
@@ -84,11 +96,15 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
     k_train = kernel_blocks(model, batches["train"], None, name="train", **common)
     k_dev = {n: v.permute(1, 0, 3, 2) for n, v in
              kernel_blocks(model, batches["train"], batches["dev"], name="dev", **common).items()}
-    k_eval = {n: v.permute(1, 0, 3, 2) for n, v in
+    restore = torch.from_numpy(np.argsort(eval_order))
+    k_eval = {n: v.permute(1, 0, 3, 2)[restore] for n, v in
               kernel_blocks(model, batches["train"], batches["eval"], name="eval", **common).items()}
     _save_tensors(folder / "train_kernels.safetensors",
                   {**{f"K/{n}": v for n, v in k_train.items()},
                    "labels": torch.tensor([e.label for e in train])})
+    _save_tensors(folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
+                  {**{f"K/{n}": v.contiguous() for n, v in k_eval.items()},
+                   "labels": torch.tensor([e.label for e in evaluation])})
     timing["kernels_s"] = time.perf_counter() - start
     start = time.perf_counter()
     y = {part: np.array([e.label for e in examples]) for part, examples in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from ntk_peft.cli import compare
@@ -45,6 +46,32 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
     again = json.loads((tmp_path / "results.json").read_text())["per_seed"]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "timing_s"} for r in rows]  # noqa: E731
     assert strip(again) == strip(results["per_seed"])
+
+
+def test_eval_kernel_is_in_data_order_though_blocked_by_length(tmp_path):
+    """Eval blocks run in order of prompt length; the saved kernel equals a direct one, row by row."""
+    import torch
+    from safetensors.torch import load_file
+
+    from ntk_peft import load_model
+    from ntk_peft.experiments.compare import run_seed
+    from ntk_peft.ntk import empirical_ntk
+    from ntk_peft.tasks import load_split, make_batch
+
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    run_seed(model, tok, "tiny-llama", "sst2", ["row1"], 4, 13, tmp_path, max_eval=9, block_size=4, progress=False)
+    saved = load_file(str(tmp_path / "seed-13" / "eval_kernels.safetensors"))
+    split = load_split("sst2", 4, 13)
+    train = sorted(split.train, key=lambda e: e.label)
+    keep = sorted(np.random.default_rng(0).permutation(len(split.eval))[:9])
+    evaluation = [split.eval[i] for i in keep]
+    lengths = [make_batch(tok, "sst2", [e])["attention_mask"].sum().item() for e in evaluation]
+    assert lengths != sorted(lengths)  # the blocking really reorders
+    assert saved["labels"].tolist() == [e.label for e in evaluation]
+    direct = empirical_ntk(model, make_batch(tok, "sst2", evaluation), make_batch(tok, "sst2", train),
+                           subsets=["full", "row1"])
+    for name in ("full", "row1"):
+        assert (saved[f"K/{name}"] - direct[name]).abs().max() <= 1e-10 * direct[name].abs().max()
 
 
 @pytest.mark.parametrize("argv,match", [

@@ -1,0 +1,115 @@
+"""Fine-tuning on tiny models: rank tracking facts, determinism, resume, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from ntk_peft import load_model
+from ntk_peft.adapters import load_adapter
+from ntk_peft.errors import UserError
+from ntk_peft.train import TrainConfig, train
+from ntk_peft.train import loop as train_loop
+
+
+def _config(tmp_path, name="run", **kw):
+    base = dict(task="sst2", adapter="lora2", out=str(tmp_path / name), k=4, seed=5, model="tiny-llama", steps=6,
+                lr=5e-2, batch_size=4, eval_every=3, track_every=2, max_eval=8)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_lora_rank_never_above_r_and_outputs_written(tmp_path):
+    config = _config(tmp_path)
+    metrics = train(config, progress=False)
+    out = tmp_path / "run"
+    rows = _rows(out / "delta_w.csv")
+    ranks = [int(float(r["value"])) for r in rows if r["metric"] == "rank_machine"]
+    assert ranks and max(ranks) <= 2
+    assert max(ranks) == 2  # the update really moved
+    assert sorted({int(r["step"]) for r in rows}) == [0, 2, 4, 6]
+    assert {int(float(r["value"])) for r in rows if r["metric"] == "rank_machine" and r["step"] == "0"} == {0}
+    assert [s for s, _ in metrics["loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [s for s, _ in metrics["dev_accuracy"]] == [3, 6]
+    assert 0 <= metrics["eval_accuracy"] <= 1 and metrics["n_eval"] == 8
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["adapter"] == "lora2" and saved["seed"] == 5
+    assert json.loads((out / "adapter" / "adapter.json").read_text())["spec"] == "lora2"
+    summary = json.loads((out / "delta_w_summary.json").read_text())
+    assert summary["last_step"] == 6
+    model, _ = load_model("tiny-llama", seed=5)
+    handle = load_adapter(model, out / "adapter")  # the saved adapter reproduces the tracked ΔW
+    some_layer = next(iter(summary["singular_values"]))
+    sigma = torch.linalg.svdvals(handle.delta_weights()[some_layer].double())
+    assert torch.allclose(sigma, torch.tensor(summary["singular_values"][some_layer], dtype=torch.float64)[: len(sigma)],
+                          rtol=1e-6, atol=1e-9)
+
+
+def test_lormapi_inflated_matrix_is_full_rank_at_initialisation(tmp_path):
+    train(_config(tmp_path, adapter="lormapi2", steps=2, eval_every=2, track_every=1), progress=False)
+    rows = _rows(tmp_path / "run" / "delta_w.csv")
+    model, _ = load_model("tiny-llama", seed=5)
+    widths = {name: module.out_features for name, module in model.named_modules() if hasattr(module, "out_features")}
+    at_start = [r for r in rows if r["step"] == "0" and r["metric"] == "inflated_rank_machine"]
+    assert at_start
+    for row in at_start:
+        assert int(float(row["value"])) == widths[row["layer"]]  # I(BA) = I: rank d
+
+
+def test_deterministic_and_resumes_to_the_same_result(tmp_path, monkeypatch):
+    whole = train(_config(tmp_path, "whole"), progress=False)
+    calls = {"n": 0}
+    original = train_loop._accuracy
+
+    def interrupted(*args, **kwargs):  # the second dev evaluation (step 6) never happens
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "_accuracy", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "split"), progress=False)
+    monkeypatch.setattr(train_loop, "_accuracy", original)
+    resumed = train(_config(tmp_path, "split"), progress=False)
+    assert resumed["loss"] == whole["loss"]
+    assert resumed["dev_accuracy"] == whole["dev_accuracy"]
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "whole" / "adapter" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "split" / "adapter" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _rows(tmp_path / "whole" / "delta_w.csv") == _rows(tmp_path / "split" / "delta_w.csv")
+
+
+def test_bad_configuration_is_refused(tmp_path):
+    with pytest.raises(UserError, match="not both"):
+        train(_config(tmp_path, steps=3, epochs=1.0), progress=False)
+    with pytest.raises(UserError, match="unknown schedule"):
+        train(_config(tmp_path, schedule="step"), progress=False)
+    train(_config(tmp_path, steps=1, eval_every=1, track_every=None), progress=False)
+    with pytest.raises(UserError, match="another configuration"):
+        train(_config(tmp_path, steps=2), progress=False)
+
+
+def test_cli_trains_and_reports(tmp_path, capsys):
+    from ntk_peft.cli import peft
+    from ntk_peft.cli.common import run_cli
+
+    out = tmp_path / "cli"
+    code = run_cli(peft.main, ["train", "--task", "sst2", "--adapter", "row1", "--model", "tiny-llama", "--k", "4",
+                               "--steps", "2", "--eval-every", "1", "--max-eval", "4", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "eval accuracy" in printed.out and (out / "adapter" / "adapter.safetensors").is_file()
+    code = run_cli(peft.main, ["train", "--task", "sst2", "--adapter", "lora0", "--model", "tiny-llama"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
