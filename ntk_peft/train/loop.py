@@ -189,7 +189,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
     model.train()
     bar = tqdm(total=total, initial=step, desc=f"train {adapter_spec} {spec.name}", unit="step",
                disable=not progress)
-    stopped_early = False
+    stopped_early = config.early_stop is not None and bad_evals >= config.early_stop  # a resumed, stopped run
     while step < total and not stopped_early:
         epoch, position = divmod(step, steps_per_epoch)
         order = _order(len(train_examples), config.seed, epoch)
