@@ -70,13 +70,16 @@ def delta_w_metrics(matrix) -> dict[str, float]:
     """Rank and size of one update: ``rank_machine`` (eps of the matrix's own dtype: a float32 ΔW
     carries float32 rounding), ``rank_relative``, ``effective_rank``, ``stable_rank``
     (‖ΔW‖_F²/σ_max²), ``frobenius``, ``sigma_max``; the SVD itself runs in float64."""
-    eps = working_eps(matrix)
     array = _matrix(matrix)
-    sigma = singular_values(array)
+    return spectrum_metrics(singular_values(array), array.shape, working_eps(matrix))
+
+
+def spectrum_metrics(sigma: np.ndarray, shape: tuple[int, int], eps: float) -> dict[str, float]:
+    """`delta_w_metrics` from singular values already computed (descending) of a matrix of ``shape``."""
     top = float(sigma[0]) if sigma.size else 0.0
     frobenius = float(np.sqrt(np.sum(sigma ** 2)))
-    return {"rank_machine": numerical_rank(sigma, array.shape, "machine", eps),
-            "rank_relative": numerical_rank(sigma, array.shape, "relative"),
+    return {"rank_machine": numerical_rank(sigma, shape, "machine", eps),
+            "rank_relative": numerical_rank(sigma, shape, "relative"),
             "effective_rank": effective_rank_of(sigma),
             "stable_rank": frobenius ** 2 / top ** 2 if top > 0 else 0.0,
             "frobenius": frobenius, "sigma_max": top}

@@ -100,12 +100,12 @@ def parameter_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None}
 
 
-def _as_tokens(tensor: torch.Tensor, batch_size: int, seq_len: int) -> tuple[torch.Tensor, bool]:
-    """View as ``[B, L, ...]``; True when L is the prompt's token axis."""
+def _on_tokens(tensor: torch.Tensor, batch_size: int, seq_len: int) -> bool:
+    """True when a module input is laid out ``[B, L, ...]`` along the prompt; False when per example."""
     if tensor.dim() >= 2 and tensor.shape[0] == batch_size and tensor.shape[1] == seq_len:
-        return tensor, True
+        return True
     if tensor.shape[0] == batch_size:
-        return tensor.unsqueeze(1), False
+        return False
     raise UserError(f"cannot map a module input of shape {tuple(tensor.shape)} to {batch_size} examples")
 
 
@@ -151,8 +151,7 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
             if not output.requires_grad:  # nothing differentiable upstream: a start of the graph
                 output.requires_grad_()
                 sources.append(output)
-            _, on_tokens = _as_tokens(args[0], size, seq_len)
-            layout[name] = (token_rows, seq_len) if on_tokens else (example_rows, 1)
+            layout[name] = (token_rows, seq_len) if _on_tokens(args[0], size, seq_len) else (example_rows, 1)
             inputs_by_name[name] = args[0].detach()
             outputs[name] = output
             output.register_hook(pack_grad(name))

@@ -34,13 +34,6 @@ def dense_kernel(jac1: torch.Tensor, jac2: torch.Tensor, chunk: int = 1 << 22, *
     return total
 
 
-def linear_weight_kernel(rec1: Record, rec2: Record, method: str = "auto") -> torch.Tensor:
-    """Kernel of one Linear weight: Σ_{t,s} (g_t·g'_s)(a_t·a'_s) for every class pair (see `LinearKernelSum`)."""
-    total = LinearKernelSum(method)
-    total.add(rec1, rec2)
-    return total.result(rec1.size, rec2.size, rec1.packed_grads.shape[0], rec2.packed_grads.shape[0])
-
-
 def choose_linear_method(rec1: Record, rec2: Record, method: str = "auto") -> str:
     """``gram`` or ``materialise`` for one Linear layer, by operation count when ``auto``.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter, inflated_matrix
-from ntk_peft.analysis import delta_w_metrics, singular_values
+from ntk_peft.analysis import delta_w_metrics, singular_values, spectrum_metrics, working_eps
 
 FIELDS = ("step", "layer", "metric", "value")
 
@@ -48,9 +48,10 @@ class DeltaWTracker:
         for name, delta in deltas.items():
             if self.layers is not None and self.layers not in name:
                 continue
-            for metric, value in delta_w_metrics(delta).items():
+            sigma = singular_values(delta)  # one SVD per layer serves the metrics and the saved spectrum
+            for metric, value in spectrum_metrics(sigma, tuple(delta.shape), working_eps(delta)).items():
                 rows.append({"step": step, "layer": name, "metric": metric, "value": float(value)})
-            self.last_sigma[name] = singular_values(delta).tolist()
+            self.last_sigma[name] = sigma.tolist()
             layer = self.handle.layers.get(name)
             if isinstance(layer, (LoRMAPlusAdapter, LoRMAPiAdapter)):
                 for metric, value in delta_w_metrics(inflated_matrix(layer)).items():
