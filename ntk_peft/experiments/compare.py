@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import ntk_peft
 from ntk_peft.adapters import parse_spec
 from ntk_peft.analysis import effective_rank, relative_difference
 from ntk_peft.errors import UserError
-from ntk_peft.ntk import KernelStore, batches_hash, kernel_blocks, model_hash
+from ntk_peft.ntk import CrossJob, KernelStore, batches_hash, kernel_blocks, model_hash, shared_cross_blocks
 from ntk_peft.solvers import make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
 
@@ -51,20 +52,32 @@ def _summary(values: list[float]) -> dict:
     return {"mean": float(array.mean()), "std": float(array.std(ddof=0))}
 
 
-def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k: int, seed: int, out: Path, *,
-             solver: str = "klr", lam: float | None = None, offset: bool = True, max_eval: int | None = None,
-             data_dir=None, block_size: int = 16, implementation: str = "fast", prompt: dict | None = None,
-             progress: bool = True) -> dict:
-    """One seed of the study; kernels and f0 are cached under ``out/seed-<seed>``."""
+@dataclass
+class SeedPlan:
+    """One seed's examples, prompt blocks and kernel store, before any pass runs."""
+
+    seed: int
+    train: list  # grouped by class
+    dev: list
+    evaluation: list  # data order
+    eval_order: np.ndarray  # the eval blocks' order (by prompt length)
+    batches: dict[str, list[dict]]  # "train" | "dev" | "eval" -> prompt blocks
+    folder: Path
+    store: KernelStore
+
+
+def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k: int, seed: int, out: Path, *,
+              max_eval: int | None = None, data_dir=None, block_size: int = 16, implementation: str = "fast",
+              prompt: dict | None = None) -> SeedPlan:
+    """Load one seed's split, block its prompts and open its store ``out/seed-<seed>``."""
     prompt = prompt or {}
     spec = get_task(task)
     split = load_split(task, k, seed, data_dir)
     train = sorted(split.train, key=lambda e: e.label)  # grouped by class, for the heatmaps
     evaluation = split.eval
-    if max_eval is not None and max_eval < len(evaluation):
+    if max_eval is not None and max_eval < len(evaluation):  # the same subset for every seed
         keep = np.sort(np.random.default_rng(0).permutation(len(evaluation))[:max_eval])
         evaluation = [evaluation[i] for i in keep]
-    names = ["full", *[s for s in subsets if s != "full"]]
     # The eval set is blocked in order of prompt length (kernels do not depend on blocking or padding,
     # but the passes' cost follows the padded length); its kernel columns are put back in data order.
     eval_order = length_order(tokenizer, spec, evaluation, prompt)
@@ -78,7 +91,26 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
             "inputs_hash": batches_hash([b for part in ("train", "dev", "eval") for b in batches[part]]),
             "versions": {"ntk_peft": ntk_peft.__version__, "torch": torch.__version__,
                          "transformers": __import__("transformers").__version__}}
-    store = KernelStore(folder, meta)
+    return SeedPlan(seed, train, split.dev, evaluation, eval_order, batches, folder, KernelStore(folder, meta))
+
+
+def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k: int, seed: int, out: Path, *,
+             solver: str = "klr", lam: float | None = None, offset: bool = True, max_eval: int | None = None,
+             data_dir=None, block_size: int = 16, implementation: str = "fast", prompt: dict | None = None,
+             progress: bool = True, plan: SeedPlan | None = None, shared_f0: dict | None = None) -> dict:
+    """One seed of the study; kernels and f0 are cached under ``out/seed-<seed>``.
+
+    ``plan`` reuses a `plan_seed` result (whose store may already hold the kernels);
+    ``shared_f0`` carries the eval set's f0 from one seed to the next (it does not depend on the seed).
+    """
+    prompt = prompt or {}
+    spec = get_task(task)
+    names = ["full", *[s for s in subsets if s != "full"]]
+    plan = plan or plan_seed(model, tokenizer, model_name, task, names, k, seed, out, max_eval=max_eval,
+                             data_dir=data_dir, block_size=block_size, implementation=implementation, prompt=prompt)
+    train, evaluation, eval_order, batches, folder, store = (plan.train, plan.evaluation, plan.eval_order,
+                                                             plan.batches, plan.folder, plan.store)
+    shared_f0 = {} if shared_f0 is None else shared_f0
     timing = {}
     start = time.perf_counter()
     f0_path = folder / "f0.safetensors"
@@ -88,7 +120,11 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
         f0 = load_file(str(f0_path))
     else:
         f0 = {part: predict_logits(model, tokenizer, spec, examples, block_size, progress=progress, **prompt)
-              for part, examples in (("train", train), ("dev", split.dev), ("eval", evaluation))}
+              for part, examples in (("train", train), ("dev", plan.dev))}
+        if "eval" not in shared_f0:
+            shared_f0["eval"] = predict_logits(model, tokenizer, spec, evaluation, block_size, progress=progress,
+                                               **prompt)
+        f0["eval"] = shared_f0["eval"]
         _save_tensors(f0_path, f0)
     timing["f0_s"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -105,10 +141,11 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
     _save_tensors(folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
                   {**{f"K/{n}": v.contiguous() for n, v in k_eval.items()},
                    "labels": torch.tensor([e.label for e in evaluation])})
-    timing["kernels_s"] = time.perf_counter() - start
+    timing["kernels_wall_s"] = time.perf_counter() - start  # this run only (0 when all blocks were stored)
+    timing["kernels_s"] = store.compute_seconds()  # recorded per block, over every run that computed them
     start = time.perf_counter()
     y = {part: np.array([e.label for e in examples]) for part, examples in
-         (("train", train), ("dev", split.dev), ("eval", evaluation))}
+         (("train", train), ("dev", plan.dev), ("eval", evaluation))}
     offsets = {part: (f0[part].numpy() if offset else None) for part in ("train", "dev", "eval")}
     accuracy, lambdas, effective = {}, {}, {}
     for name in names:
@@ -154,10 +191,19 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42
         load_split(spec, k, seed, data_dir)
     model, tokenizer = ntk_peft.load_model(model_name)
     started = time.perf_counter()
-    per_seed = [run_seed(model, tokenizer, model_name, spec.name, list(subsets), k, seed, out, solver=solver,
+    kernel_names = ["full", *[s for s in subsets if s != "full"]]
+    plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, max_eval=max_eval,
+                       data_dir=data_dir, block_size=block_size, implementation=implementation, prompt=prompt)
+             for seed in seeds]
+    if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
+        shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], "eval") for p in plans],
+                            plans[0].batches["eval"], kernel_names, progress=progress)
+    shared_f0: dict = {}
+    per_seed = [run_seed(model, tokenizer, model_name, spec.name, list(subsets), k, plan.seed, out, solver=solver,
                          lam=lam, offset=offset, max_eval=max_eval, data_dir=data_dir, block_size=block_size,
-                         implementation=implementation, prompt=prompt, progress=progress) for seed in seeds]
-    names = ["full", *[s for s in subsets if s != "full"], "zeroshot"]
+                         implementation=implementation, prompt=prompt, progress=progress, plan=plan,
+                         shared_f0=shared_f0) for plan in plans]
+    names = [*kernel_names, "zeroshot"]
     summary = {
         "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
         "relative_difference": {s: {p: _summary([r["relative_difference"][s][p] for r in per_seed])
@@ -166,7 +212,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42
     results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
                "subsets": [n for n in names if n != "zeroshot"], "offset_f0": offset, "max_eval": max_eval,
                "per_seed": per_seed, "summary": summary,
-               "timing_s": {"total": time.perf_counter() - started}}
+               "timing_s": {"total": time.perf_counter() - started,
+                            "kernels_recorded": sum(r["timing_s"]["kernels_s"] for r in per_seed)}}
     out.mkdir(parents=True, exist_ok=True)
     tmp = results_path.with_name("results.json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")

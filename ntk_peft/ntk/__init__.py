@@ -5,7 +5,7 @@
 the implementations and their costs.
 """
 
-from ntk_peft.ntk.blocked import kernel_blocks
+from ntk_peft.ntk.blocked import CrossJob, kernel_blocks, shared_cross_blocks
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.engine import empirical_ntk
 from ntk_peft.ntk.implementations import NtkImplementation
@@ -16,6 +16,7 @@ from ntk_peft.ntk.subsets import parse_subsets, subset_params
 
 __all__ = [
     "Capture",
+    "CrossJob",
     "KernelStore",
     "NtkImplementation",
     "batches_hash",
@@ -26,6 +27,7 @@ __all__ = [
     "model_hash",
     "parse_subsets",
     "reference_jacobian",
+    "shared_cross_blocks",
     "subset_params",
     "to_flat",
     "to_lm_kernel_ft",

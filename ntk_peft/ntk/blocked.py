@@ -9,6 +9,9 @@ bitwise-identical kernels.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -76,6 +79,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         if store is not None and store.has(name, i, j):
             results[(i, j)] = store.load(name, i, j)
             continue
+        started = time.perf_counter()  # the block's compute time includes captures it triggered
         left_f, right_f = block_features(0, i), block_features(1, j)
         if implementation is NtkImplementation.FAST:
             fast_subsets = fast_subsets or [subset_params(model, s, targets, seed) for s in specs]
@@ -85,7 +89,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         else:
             kernels = {n: dense_kernel(a, b).detach() for n, a, b in zip(names, left_f, right_f)}
         if store is not None:
-            store.save(name, i, j, kernels)
+            store.save(name, i, j, kernels, seconds=time.perf_counter() - started)
         results[(i, j)] = kernels
         bar.update(1)
         if not symmetric:  # a streamed right-hand block is not needed again once all its pairs are done
@@ -93,6 +97,61 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
                 features.pop((1, j), None)
     bar.close()
     return {n: _assemble(results, n, batches1, right, symmetric) for n in names}
+
+
+@dataclass
+class CrossJob:
+    """One store's cross kernel ``name`` between its own left blocks and right blocks shared with other jobs."""
+
+    store: KernelStore
+    left: list[dict]
+    name: str = "eval"
+
+
+def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict], subsets=("full", "row1"), *,
+                        targets="all", seed: int = 0, linear_method: str = "auto", cache_bytes: int = 8 << 30,
+                        progress: bool = True) -> None:
+    """Fill several stores' cross kernels against the same right-hand blocks, recording each right block once.
+
+    The seeds of a k-shot study share their evaluation set: computed one seed at a time, every
+    evaluation block is recorded once per seed; here it is recorded once for all of them. Block
+    files, keys and values are those `kernel_blocks` writes (``<name>-<i>-<j>`` with i a left
+    block, j a right block), so `kernel_blocks` then reads every pair back, and an interrupted
+    run resumes. Left captures are kept while their memory stays under ``cache_bytes`` and
+    recorded again per right block beyond it. Fast implementation only.
+    """
+    specs = parse_subsets(subsets)
+    names = [str(s) for s in specs]
+    fast_subsets = [subset_params(model, s, targets, seed) for s in specs]
+    todo = {j: [(job, i) for job in jobs for i in range(len(job.left)) if not job.store.has(job.name, i, j)]
+            for j in range(len(right))}
+    total = sum(len(job.left) for job in jobs) * len(right)
+    bar = tqdm(total=total, initial=total - sum(map(len, todo.values())), desc="eNTK shared blocks",
+               unit="block", disable=not progress)
+    kept: dict[tuple[int, int], object] = {}
+    kept_bytes = 0
+    for j, pairs in todo.items():
+        if not pairs:
+            continue
+        started = time.perf_counter()
+        right_f = capture(model, right[j])
+        share = (time.perf_counter() - started) / len(pairs)  # the right capture's time, split over its pairs
+        for job, i in pairs:
+            started = time.perf_counter()
+            key = (id(job), i)
+            left_f = kept.get(key)
+            if left_f is None:
+                left_f = capture(model, job.left[i])
+                if kept_bytes + left_f.nbytes <= cache_bytes:
+                    kept[key] = left_f
+                    kept_bytes += left_f.nbytes
+            with torch.no_grad():
+                kernels = {n: fast_kernel(model, sub, left_f, right_f, linear_method).detach()
+                           for n, sub in zip(names, fast_subsets)}
+            job.store.save(job.name, i, j, kernels, seconds=time.perf_counter() - started + share)
+            bar.update(1)
+        del right_f
+    bar.close()
 
 
 def _assemble(results, name: str, left: list[dict], right: list[dict], symmetric: bool) -> torch.Tensor:

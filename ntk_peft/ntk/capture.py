@@ -94,6 +94,12 @@ class Capture:
     def size(self) -> int:
         return self.logits.shape[0]
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the recorded tensors (each shared tensor counted once)."""
+        tensors = {id(t): t for r in self.records.values() for t in (r.packed_inputs, r.packed_grads)}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
 
 def parameter_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Modules that own parameters directly (not through children)."""

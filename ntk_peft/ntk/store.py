@@ -83,13 +83,26 @@ class KernelStore:
     def has(self, name: str, i: int, j: int) -> bool:
         return self.block_path(name, i, j).is_file()
 
-    def save(self, name: str, i: int, j: int, kernels: dict[str, torch.Tensor]) -> None:
+    def save(self, name: str, i: int, j: int, kernels: dict[str, torch.Tensor], seconds: float | None = None) -> None:
+        """Write one block pair; ``seconds`` (the compute time it took) is kept in its metadata."""
         from safetensors.torch import save_file
 
         path = self.block_path(name, i, j)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in kernels.items()}, str(tmp))
+        metadata = None if seconds is None else {"seconds": f"{seconds:.6f}"}
+        save_file({k: v.contiguous() for k, v in kernels.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, path)
+
+    def compute_seconds(self, name: str | None = None) -> float:
+        """Total compute time recorded in the block files (of one kernel ``name``, or all), over every run
+        that wrote them; blocks written without a time count as 0."""
+        from safetensors import safe_open
+
+        total = 0.0
+        for path in sorted((self.folder / "blocks").glob(f"{name or '*'}-*.safetensors")):
+            with safe_open(str(path), framework="pt") as handle:
+                total += float((handle.metadata() or {}).get("seconds", 0.0))
+        return total
 
     def load(self, name: str, i: int, j: int) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file

@@ -8,6 +8,7 @@ import torch
 from ntk_peft import load_model
 from ntk_peft.errors import UserError
 from ntk_peft.ntk import (
+    CrossJob,
     KernelStore,
     batches_hash,
     blocked,
@@ -15,6 +16,7 @@ from ntk_peft.ntk import (
     from_flat,
     kernel_blocks,
     model_hash,
+    shared_cross_blocks,
     to_flat,
     to_lm_kernel_ft,
     trace_over_outputs,
@@ -76,6 +78,51 @@ def test_interrupted_run_resumes_bitwise_and_recomputes_only_missing_blocks(setu
     assert calls["n"] + 10**9 == (6 - 2) * len(SUBSETS)  # 3 blocks -> 6 unordered pairs, 2 were done
     for key in SUBSETS:
         assert torch.equal(resumed[key], clean[key])
+
+
+@pytest.mark.parametrize("cache_bytes", [8 << 30, 0])
+def test_shared_cross_blocks_record_each_right_block_once_and_equal_per_store_kernels(setup, tmp_path, monkeypatch,
+                                                                                     cache_bytes):
+    """Two seeds' stores against one eval set: each eval block is recorded once, values are bitwise those of
+    `kernel_blocks`, and with no cache budget the left blocks are recorded again per eval block."""
+    model, blocks, evals = setup
+    lefts = [blocks[:2], blocks[1:]]
+    stores = [KernelStore(tmp_path / f"seed{n}", _meta(model, left)) for n, left in enumerate(lefts)]
+    recorded = []
+    original = blocked.capture
+    monkeypatch.setattr(blocked, "capture", lambda m, batch: recorded.append(batch) or original(m, batch))
+    shared_cross_blocks(model, [CrossJob(s, left) for s, left in zip(stores, lefts)], evals, SUBSETS,
+                        cache_bytes=cache_bytes, progress=False)
+    right = sum(any(batch is e for e in evals) for batch in recorded)
+    assert right == len(evals)
+    assert len(recorded) - right == (4 if cache_bytes else 4 * len(evals))
+    for store, left in zip(stores, lefts):
+        recorded.clear()
+        assert len(list((store.folder / "blocks").glob("eval-*.safetensors"))) == len(left) * len(evals)
+        assert store.compute_seconds("eval") > 0 and store.compute_seconds("train") == 0
+        stored = kernel_blocks(model, left, evals, SUBSETS, store=store, name="eval", progress=False)
+        assert not recorded  # every pair was read back
+        direct = kernel_blocks(model, left, evals, SUBSETS, progress=False)
+        for key in SUBSETS:
+            assert torch.equal(stored[key], direct[key])
+
+
+def test_shared_cross_blocks_compute_only_missing_pairs(setup, tmp_path, monkeypatch):
+    model, blocks, evals = setup
+    lefts = [blocks[:2], blocks[1:]]
+    stores = [KernelStore(tmp_path / f"seed{n}", _meta(model, left)) for n, left in enumerate(lefts)]
+    kernel_blocks(model, lefts[0], evals, SUBSETS, store=stores[0], name="eval", progress=False)
+    calls = {"n": 0}
+    original = blocked.fast_kernel
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(blocked, "fast_kernel", counting)
+    shared_cross_blocks(model, [CrossJob(s, left) for s, left in zip(stores, lefts)], evals, SUBSETS,
+                        progress=False)
+    assert calls["n"] == len(lefts[1]) * len(evals) * len(SUBSETS)
 
 
 def test_store_refuses_other_inputs(setup, tmp_path):
