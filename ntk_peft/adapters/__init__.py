@@ -7,7 +7,14 @@ kernels and result files.
 
 from ntk_peft.adapters.base import AdaptedLinear
 from ntk_peft.adapters.cp import CPAdapter, CPFactors
-from ntk_peft.adapters.handle import AdapterHandle, apply_adapter, input_feature_norms, load_adapter
+from ntk_peft.adapters.handle import (
+    AdapterHandle,
+    ShiftedLinear,
+    apply_adapter,
+    fold_adapter,
+    input_feature_norms,
+    load_adapter,
+)
 from ntk_peft.adapters.lora import LoRAAdapter
 from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter, inflated_matrix
 from ntk_peft.adapters.monarch import MonarchAdapter
@@ -33,7 +40,9 @@ __all__ = [
     "MonarchAdapter",
     "RandomEntriesAdapter",
     "RowAdapter",
+    "ShiftedLinear",
     "apply_adapter",
+    "fold_adapter",
     "inflated_matrix",
     "input_feature_norms",
     "load_adapter",

@@ -303,3 +303,40 @@ def load_adapter(model: nn.Module, folder: str | Path) -> AdapterHandle:
                                 f"{tuple(saved[name].shape)}, expected {tuple(tensor.shape)}")
             tensor.copy_(saved[name])
     return handle
+
+
+class ShiftedLinear(nn.Linear):
+    """A bias-free Linear plus a fixed shift: ``y = W x + shift``.
+
+    A BitFit bias trained on a bias-free layer, folded in: the shift is a buffer, so the
+    folded model has exactly the pretrained model's parameters (its kernels are comparable).
+    """
+
+    def __init__(self, base: nn.Linear, shift: torch.Tensor):
+        super().__init__(base.in_features, base.out_features, bias=False, device="meta", dtype=base.weight.dtype)
+        self.weight = base.weight
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.shift
+
+
+def fold_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """The model at a fine-tuned point: the adapter saved in ``folder`` loaded and folded in.
+
+    Every adapted layer becomes a plain ``nn.Linear`` with ``W0 + ΔW`` (and ``b + Δb``); a
+    bias the adapter added to a bias-free layer becomes a fixed shift (`ShiftedLinear`). The
+    result has the same parameter names and shapes as ``model`` had, all trainable, so
+    kernels over any subset are defined as at the pretrained point. Modifies ``model``.
+    """
+    handle = load_adapter(model, folder)
+    for name, layer in list(handle.layers.items()):
+        layer.merge()
+        base = layer.base
+        if getattr(layer, "_created_bias", False):
+            shift, base.bias = base.bias, None
+            base = ShiftedLinear(base, shift)
+        _set_module(model, name, base)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model

@@ -4,6 +4,8 @@
   kernels (entry-wise p-norms; p = 1, 2);
 - `centered_alignment`: centred kernel alignment (Cortes et al. 2012) of
   the flattened kernels;
+- `kernel_distance`: ‖K_0 − K_t‖_F/‖K_0‖_F, how far a kernel moved (e.g. from the
+  pretrained to a fine-tuned point: small in the lazy regime);
 - `eigenvalues`, `effective_rank`: spectrum of the flattened symmetric
   kernel and exp(entropy) of its normalised eigenvalues.
 """
@@ -28,6 +30,15 @@ def relative_difference(kernel_subset, kernel_full, p: int = 2) -> float:
     if norm_a == 0 or norm_b == 0:
         return float("nan")
     return float(np.linalg.norm(a / norm_a - b / norm_b, ord=p))
+
+
+def kernel_distance(kernel_0, kernel_t) -> float:
+    """‖K_0 − K_t‖_F / ‖K_0‖_F (not scale-free: a kernel that only grew counts as moved)."""
+    a, b = _flat(kernel_0), _flat(kernel_t)
+    if a.shape != b.shape:
+        raise ValueError(f"kernels of different shapes {a.shape} and {b.shape}")
+    norm = np.linalg.norm(a)
+    return float(np.linalg.norm(a - b) / norm) if norm > 0 else float("nan")
 
 
 def centered_alignment(kernel_a, kernel_b) -> float:

@@ -2,6 +2,7 @@
 
     ntk-compare --task sst2 --subset row1 [--subset col1 ...] [--k 16] [--seeds 13,21,42,87,100]
                 [--model M] [--solver klr|krr|svm] [--max-eval N] [--out DIR] [--data-dir D]
+                [--adapter-checkpoint RUN_DIR]
 
 Prints accuracy mean (std) over seeds for K_full, each K_S and zero-shot, and
 the relative kernel differences (p = 1, 2); writes results.json, the kernels
@@ -44,7 +45,8 @@ def build_parser() -> Parser:
     parser.add_argument("--subset", action="append", required=True,
                         help="kernel subset (repeatable): any adapter spec, e.g. row1 (= row1:first), col1, lora1")
     parser.add_argument("--k", type=positive_int, default=16, help="examples per class (default 16)")
-    parser.add_argument("--seeds", type=seed_list, default=[13, 21, 42, 87, 100], help="default 13,21,42,87,100")
+    parser.add_argument("--seeds", type=seed_list, default=None,
+                        help="default 13,21,42,87,100 (with --adapter-checkpoint: the seed it was trained with)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--solver", choices=("klr", "krr", "svm"), default="klr",
                         help="kernel logistic regression (default), kernel ridge, or SVM")
@@ -60,6 +62,9 @@ def build_parser() -> Parser:
     parser.add_argument("--out", default=None, help="results folder (default runs/ntk-compare/<task>-<model>-k<k>)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--no-figures", dest="figures", action="store_false")
+    parser.add_argument("--adapter-checkpoint", default=None, metavar="DIR",
+                        help="take the kernels at this fine-tuned point (an `ntk-peft train` run folder, its adapter/ "
+                             "or best/) and report each kernel's distance |K0-Kt|_F/|K0|_F from the pretrained one")
     return parser
 
 
@@ -70,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
-                          implementation=args.implementation)
-    out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k)
+                          implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint)
+    out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k, args.adapter_checkpoint)
     if args.figures:
         from ntk_peft.plotting import kernel_heatmaps, kernel_spectra, load_train_kernels
 

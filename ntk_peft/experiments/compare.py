@@ -4,6 +4,9 @@ For each seed: the k-shot split, the pretrained label logits f0, the kernels
 of ``full`` and each subset on train×train, dev×train and eval×train (one set
 of passes, blocked, in a `KernelStore` so reruns reuse them), a solver per
 kernel with λ picked on dev, and the RoCoFT relative kernel differences.
+With a fine-tuned checkpoint, the kernels are taken at the fine-tuned point
+(f0 is then the fine-tuned model's logits) and compared with the pretrained
+train kernels (``‖K_0 − K_t‖_F/‖K_0‖_F``, the lazy-regime check).
 The result is a plain dict (the ``results.json`` schema in the README).
 """
 
@@ -19,9 +22,10 @@ import numpy as np
 import torch
 
 import ntk_peft
-from ntk_peft.adapters import parse_spec
-from ntk_peft.analysis import effective_rank, relative_difference
+from ntk_peft.adapters import fold_adapter, parse_spec
+from ntk_peft.analysis import effective_rank, kernel_distance, relative_difference
 from ntk_peft.errors import UserError
+from ntk_peft.experiments.checkpoint import resolve_checkpoint
 from ntk_peft.ntk import CrossJob, KernelStore, batches_hash, kernel_blocks, model_hash, shared_cross_blocks
 from ntk_peft.solvers import make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
@@ -45,6 +49,9 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     os.replace(tmp, path)
+
+
+DEFAULT_SEEDS = (13, 21, 42, 87, 100)
 
 
 def _summary(values: list[float]) -> dict:
@@ -97,11 +104,13 @@ def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k:
 def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k: int, seed: int, out: Path, *,
              solver: str = "klr", lam: float | None = None, offset: bool = True, max_eval: int | None = None,
              data_dir=None, block_size: int = 16, implementation: str = "fast", prompt: dict | None = None,
-             progress: bool = True, plan: SeedPlan | None = None, shared_f0: dict | None = None) -> dict:
+             progress: bool = True, plan: SeedPlan | None = None, shared_f0: dict | None = None,
+             kernels_0: dict | None = None) -> dict:
     """One seed of the study; kernels and f0 are cached under ``out/seed-<seed>``.
 
     ``plan`` reuses a `plan_seed` result (whose store may already hold the kernels);
-    ``shared_f0`` carries the eval set's f0 from one seed to the next (it does not depend on the seed).
+    ``shared_f0`` carries the eval set's f0 from one seed to the next (it does not depend on the seed);
+    ``kernels_0`` (name -> train kernel at another point, e.g. pretrained) adds ``kernel_distance``.
     """
     prompt = prompt or {}
     spec = get_task(task)
@@ -162,38 +171,65 @@ def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k
     differences = {n: {"p1": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 1),
                        "p2": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 2)}
                    for n in names if n != "full"}
-    return {"seed": seed, "accuracy": accuracy, "relative_difference": differences, "lambda": lambdas,
-            "effective_rank": effective, "n_train": len(train), "n_eval": len(evaluation), "timing_s": timing}
+    result = {"seed": seed, "accuracy": accuracy, "relative_difference": differences, "lambda": lambdas,
+              "effective_rank": effective, "n_train": len(train), "n_eval": len(evaluation), "timing_s": timing}
+    if kernels_0 is not None:
+        result["kernel_distance"] = {n: kernel_distance(kernels_0[n].numpy(), k_train[n].numpy()) for n in names}
+    return result
 
 
-def default_out(task: str, model_name: str, k: int) -> Path:
-    """``runs/ntk-compare/<TASK>-<model>-k<k>``."""
-    return Path("runs") / "ntk-compare" / f"{get_task(task).name}-{Path(model_name).name}-k{k}"
+def default_out(task: str, model_name: str, k: int, checkpoint: str | Path | None = None) -> Path:
+    """``runs/ntk-compare/<TASK>-<model>-k<k>`` (``...-ft-<run folder>`` at a fine-tuned checkpoint)."""
+    name = f"{get_task(task).name}-{Path(model_name).name}-k{k}"
+    if checkpoint is not None:
+        path = Path(checkpoint).resolve()
+        name += f"-ft-{path.parent.name if path.name in ('adapter', 'best') else path.name}"
+    return Path("runs") / "ntk-compare" / name
 
 
-def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42, 87, 100),
+def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 model_name: str = "smollm2-135m", solver: str = "klr", max_eval: int | None = None,
                 out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
-                prompt: dict | None = None) -> dict:
-    """The whole study over seeds; writes ``results.json`` in ``out``."""
+                prompt: dict | None = None, adapter_checkpoint: str | Path | None = None) -> dict:
+    """The whole study over seeds; writes ``results.json`` in ``out``.
+
+    ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
+    ``adapter_checkpoint``: take the kernels at this fine-tuned point (see `resolve_checkpoint`) and
+    report each kernel's distance from the pretrained one on the train split.
+    """
     spec = get_task(task)
     for text in subsets:
         parse_spec(text)  # bad specs fail before any work
-    out = Path(out or default_out(spec.name, model_name, k))
+    checkpoint = resolve_checkpoint(adapter_checkpoint, model_name) if adapter_checkpoint is not None else None
+    if seeds is None:
+        seeds = [checkpoint.seed] if checkpoint is not None and checkpoint.seed is not None else list(DEFAULT_SEEDS)
+    out = Path(out or default_out(spec.name, model_name, k, adapter_checkpoint))
     results_path = out / "results.json"
+    described = checkpoint.describe() if checkpoint is not None else None
     if results_path.is_file():
         previous = json.loads(results_path.read_text())
-        if previous.get("task") != spec.name or previous.get("model") != model_name or previous.get("k") != k:
+        if (previous.get("task") != spec.name or previous.get("model") != model_name or previous.get("k") != k
+                or (previous.get("adapter_checkpoint") or {}).get("path") != (described or {}).get("path")):
             raise UserError(f"{out} holds results of another run (task {previous.get('task')}, model "
-                            f"{previous.get('model')}, k {previous.get('k')}); choose another --out")
+                            f"{previous.get('model')}, k {previous.get('k')}, checkpoint "
+                            f"{(previous.get('adapter_checkpoint') or {}).get('path')}); choose another --out")
     for seed in seeds:  # check every split before the long work starts
         load_split(spec, k, seed, data_dir)
     model, tokenizer = ntk_peft.load_model(model_name)
     started = time.perf_counter()
     kernel_names = ["full", *[s for s in subsets if s != "full"]]
-    plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, max_eval=max_eval,
-                       data_dir=data_dir, block_size=block_size, implementation=implementation, prompt=prompt)
+    plan_options = dict(max_eval=max_eval, data_dir=data_dir, block_size=block_size, implementation=implementation,
+                        prompt=prompt)
+    kernels_0: dict[int, dict] = {}
+    if checkpoint is not None:  # the pretrained train kernels first (their own stores), then fold the adapter in
+        for seed in seeds:
+            plan = plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out / "pretrained",
+                             **plan_options)
+            kernels_0[seed] = kernel_blocks(model, plan.batches["train"], None, kernel_names, implementation,
+                                            store=plan.store, name="train", progress=progress)
+        model = fold_adapter(model, checkpoint.adapter_folder)
+    plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
     if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
         shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], "eval") for p in plans],
@@ -202,15 +238,18 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42
     per_seed = [run_seed(model, tokenizer, model_name, spec.name, list(subsets), k, plan.seed, out, solver=solver,
                          lam=lam, offset=offset, max_eval=max_eval, data_dir=data_dir, block_size=block_size,
                          implementation=implementation, prompt=prompt, progress=progress, plan=plan,
-                         shared_f0=shared_f0) for plan in plans]
+                         shared_f0=shared_f0, kernels_0=kernels_0.get(plan.seed)) for plan in plans]
     names = [*kernel_names, "zeroshot"]
     summary = {
         "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
         "relative_difference": {s: {p: _summary([r["relative_difference"][s][p] for r in per_seed])
                                     for p in ("p1", "p2")} for s in names if s not in ("full", "zeroshot")},
     }
+    if checkpoint is not None:
+        summary["kernel_distance"] = {n: _summary([r["kernel_distance"][n] for r in per_seed]) for n in kernel_names}
     results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
                "subsets": [n for n in names if n != "zeroshot"], "offset_f0": offset, "max_eval": max_eval,
+               "adapter_checkpoint": described,
                "per_seed": per_seed, "summary": summary,
                "timing_s": {"total": time.perf_counter() - started,
                             "kernels_recorded": sum(r["timing_s"]["kernels_s"] for r in per_seed)}}
@@ -222,15 +261,24 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=(13, 21, 42
 
 
 def format_table(results: dict) -> str:
-    """RoCoFT tables 5/6 shape: accuracy mean (std) and relative differences."""
+    """RoCoFT tables 5/6 shape: accuracy mean (std) and relative differences (and, at a fine-tuned
+    checkpoint, each kernel's distance from the pretrained one)."""
     acc = results["summary"]["accuracy"]
-    lines = [f"{results['task']}  model {results['model']}  k={results['k']}  seeds {results['seeds']}  "
-             f"solver {results['solver']}",
-             f"{'kernel':<14}{'accuracy':>18}{'rel. diff p=1':>20}{'rel. diff p=2':>20}"]
+    moved = results["summary"].get("kernel_distance")
+    checkpoint = results.get("adapter_checkpoint")
+    header = f"{results['task']}  model {results['model']}  k={results['k']}  seeds {results['seeds']}  " \
+             f"solver {results['solver']}"
+    if checkpoint:
+        header += f"\nat the fine-tuned point {checkpoint['path']} ({checkpoint['spec']})"
+    columns = f"{'kernel':<14}{'accuracy':>18}{'rel. diff p=1':>20}{'rel. diff p=2':>20}"
+    lines = [header, columns + (f"{'|K0-Kt|/|K0|':>20}" if moved else "")]
     for name, stats in acc.items():
         diff = results["summary"]["relative_difference"].get(name)
         cells = [f"{stats['mean']:.3f} ({stats['std']:.3f})"]
         cells += [f"{diff[p]['mean']:.3f} ({diff[p]['std']:.3f})" if diff else "-" for p in ("p1", "p2")]
-        label = "K_full" if name == "full" else ("zero-shot" if name == "zeroshot" else f"K_{name}")
-        lines.append(f"{label:<14}{cells[0]:>18}{cells[1]:>20}{cells[2]:>20}")
+        if moved:
+            cells.append(f"{moved[name]['mean']:.3f} ({moved[name]['std']:.3f})" if name in moved else "-")
+        zeroshot = "fine-tuned" if checkpoint else "zero-shot"
+        label = "K_full" if name == "full" else (zeroshot if name == "zeroshot" else f"K_{name}")
+        lines.append(f"{label:<14}" + "".join(f"{c:>{18 if i == 0 else 20}}" for i, c in enumerate(cells)))
     return "\n".join(lines)

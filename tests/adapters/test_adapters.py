@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ntk_peft import label_logits, load_model
-from ntk_peft.adapters import apply_adapter, load_adapter
+from ntk_peft.adapters import ShiftedLinear, apply_adapter, fold_adapter, load_adapter
 from ntk_peft.errors import UserError
 from ntk_peft.tasks import load_split, make_batch
 from tests.kernels.test_monarch_reference import dense_monarch
@@ -246,6 +246,27 @@ def test_save_and_load_give_identical_outputs(tmp_path, spec):
     assert str(loaded.spec) == spec
     with torch.no_grad():
         assert torch.equal(label_logits(fresh, batch), expected)
+
+
+@pytest.mark.parametrize("spec", ["lora2", "row2", "more2x2", "cp2", "lormapi2", "ia3", "bias", "full"])
+def test_folded_adapter_is_the_fine_tuned_function_on_the_pretrained_parameters(tmp_path, spec):
+    """fold_adapter: same outputs as the adapted model, same parameter names and shapes as the pretrained
+    one (a BitFit bias on bias-free tiny-llama becomes a fixed shift, not a new parameter)."""
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=0)
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    handle = apply_adapter(model, spec, seed=4)
+    _randomise(handle, 9)
+    batch = _batch(tok)
+    with torch.no_grad():
+        expected = label_logits(model, batch)
+    handle.save(tmp_path)
+    folded = fold_adapter(load_model("tiny-llama", dtype=torch.float64, seed=0)[0], tmp_path)
+    with torch.no_grad():
+        assert (label_logits(folded, batch) - expected).abs().max() <= 1e-12 * expected.abs().max()
+    assert {n: p.shape for n, p in folded.named_parameters()} == shapes
+    assert all(p.requires_grad for p in folded.parameters())
+    assert not any(n.startswith("base") or ".base." in n for n, _ in folded.named_modules())
+    assert any(isinstance(m, ShiftedLinear) for m in folded.modules()) == (spec == "bias")
 
 
 def test_cp_shares_one_factor_set_and_counts_lorta_formula(smollm2):

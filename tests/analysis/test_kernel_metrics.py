@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ntk_peft.analysis import centered_alignment, effective_rank, eigenvalues, relative_difference
+from ntk_peft.analysis import centered_alignment, effective_rank, eigenvalues, kernel_distance, relative_difference
 
 
 def _kernel(seed, n=5, classes=2, features=7):
@@ -33,3 +33,14 @@ def test_alignment_and_spectrum():
     assert effective_rank(eye) == pytest.approx(6.0)
     rank_one = np.einsum("i,j->ij", np.ones(4), np.ones(4))[:, :, None, None]
     assert effective_rank(rank_one) == pytest.approx(1.0)
+
+
+def test_kernel_distance_by_hand():
+    a, b = _kernel(4), _kernel(5)
+    fa = a.transpose(0, 2, 1, 3).reshape(10, 10)
+    fb = b.transpose(0, 2, 1, 3).reshape(10, 10)
+    assert kernel_distance(a, b) == pytest.approx(np.sqrt(((fa - fb) ** 2).sum() / (fa ** 2).sum()), rel=1e-13)
+    assert kernel_distance(a, a) == 0.0
+    assert kernel_distance(a, 1.5 * a) == pytest.approx(0.5, rel=1e-13)  # growth alone counts
+    with pytest.raises(ValueError, match="different shapes"):
+        kernel_distance(a, _kernel(6, n=4))

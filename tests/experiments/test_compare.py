@@ -91,3 +91,60 @@ def test_output_folder_of_another_run_is_refused_and_kept(capsys, tmp_path):
     code, _, err = _run(capsys, "--task", "sst2", "--subset", "row1", "--model", "tiny-bert", "--out", str(tmp_path))
     assert code == 2 and "holds results of another run" in err
     assert json.loads((tmp_path / "results.json").read_text())["task"] == "MR"
+
+
+@pytest.fixture(scope="module")
+def fine_tuned_run(tmp_path_factory):
+    """A few steps of LoRA on tiny-llama (seed 5, k = 4): a checkpoint to take kernels at."""
+    from ntk_peft.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ft") / "lora-run"
+    train(TrainConfig(task="sst2", adapter="lora2", out=str(out), k=4, seed=5, model="tiny-llama", steps=4, lr=5e-2,
+                      batch_size=4, eval_every=4, track_every=0, max_eval=4), progress=False)
+    return out
+
+
+def test_kernels_at_a_fine_tuned_checkpoint_and_their_distance_from_pretrained(capsys, tmp_path, fine_tuned_run):
+    from safetensors.torch import load_file
+
+    from ntk_peft import load_model
+    from ntk_peft.adapters import fold_adapter
+    from ntk_peft.analysis import kernel_distance
+    from ntk_peft.ntk import empirical_ntk
+    from ntk_peft.tasks import load_split, make_batch
+
+    code, out, err = _run(capsys, "--task", "sst2", "--subset", "row1", "--model", "tiny-llama", "--k", "4",
+                          "--max-eval", "6", "--block-size", "4", "--adapter-checkpoint", str(fine_tuned_run),
+                          "--out", str(tmp_path), "--no-figures")
+    assert code == 0, err
+    assert "fine-tuned" in out and "|K0-Kt|/|K0|" in out
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["seeds"] == [5]  # the checkpoint's own split
+    assert results["adapter_checkpoint"]["spec"] == "lora2" and results["adapter_checkpoint"]["seed"] == 5
+    train = sorted(load_split("sst2", 4, 5).train, key=lambda e: e.label)
+    pretrained, tok = load_model("tiny-llama")
+    batch = make_batch(tok, "sst2", train)
+    k0 = empirical_ntk(pretrained, batch, subsets=["full", "row1"])
+    kt = empirical_ntk(fold_adapter(load_model("tiny-llama")[0], fine_tuned_run / "adapter"), batch,
+                       subsets=["full", "row1"])
+    saved = load_file(str(tmp_path / "seed-5" / "train_kernels.safetensors"))
+    for name in ("full", "row1"):
+        assert (saved[f"K/{name}"] - kt[name]).abs().max() <= 1e-6 * kt[name].abs().max()
+        expect = kernel_distance(k0[name].numpy(), kt[name].numpy())
+        assert expect > 1e-3  # the checkpoint really moved the kernel
+        assert results["per_seed"][0]["kernel_distance"][name] == pytest.approx(expect, rel=1e-4)
+    first = load_file(str(tmp_path / "pretrained" / "seed-5" / "blocks" / "train-0-0.safetensors"))["full"]
+    assert (first - k0["full"][:4, :4]).abs().max() <= 1e-6 * k0["full"].abs().max()  # K_0 kept in its own store
+    hashes = [json.loads((tmp_path / f / "meta.json").read_text())["model_hash"] for f in ("seed-5", "pretrained/seed-5")]
+    assert hashes[0] != hashes[1]
+    assert set(results["summary"]["kernel_distance"]) == {"full", "row1"}
+
+
+@pytest.mark.parametrize("model,match", [("tiny-bert", "was trained on model tiny-llama, not tiny-bert"),
+                                         (None, "no fine-tuned adapter in")])
+def test_bad_checkpoint_is_one_line_and_status_2(capsys, tmp_path, fine_tuned_run, model, match):
+    folder = fine_tuned_run if model else tmp_path / "nothing-here"
+    code, _, err = _run(capsys, "--task", "sst2", "--subset", "row1", "--model", model or "tiny-llama",
+                        "--adapter-checkpoint", str(folder), "--out", str(tmp_path / "x"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert match in err
