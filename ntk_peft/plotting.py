@@ -1,4 +1,5 @@
-"""Figures of kernels (matplotlib, Agg): heatmaps grouped by class and eigenvalue spectra."""
+"""Figures (matplotlib, Agg): kernel heatmaps grouped by class, kernel eigenvalue spectra, and ΔW rank
+and spectra from training runs."""
 
 from __future__ import annotations
 
@@ -106,3 +107,115 @@ def figure_script(kind: str, argv: list[str] | None = None) -> Path:
     if kind == "heatmaps":
         return kernel_heatmaps(kernels, labels, out, title)
     return kernel_spectra(kernels, out, title)
+
+
+def load_delta_w_run(folder: str | Path) -> dict:
+    """A training run's ΔW tracking: ``{"label", "rows": [(step, layer, metric, value)], "summary"}``."""
+    import csv
+    import json
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    with (folder / "delta_w.csv").open(newline="") as handle:
+        rows = [(int(r["step"]), r["layer"], r["metric"], float(r["value"])) for r in csv.DictReader(handle)]
+    summary = json.loads((folder / "delta_w_summary.json").read_text())
+    return {"label": config["adapter"], "rows": rows, "summary": summary}
+
+
+def median_over_layers(rows, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, median over layers of ``metric`` at each step)."""
+    by_step: dict[int, list[float]] = {}
+    for step, _, name, value in rows:
+        if name == metric:
+            by_step.setdefault(step, []).append(value)
+    steps = np.array(sorted(by_step))
+    return steps, np.array([np.median(by_step[s]) for s in steps])
+
+
+def delta_w_rank(runs: list[dict], path: str | Path, title: str = "") -> Path:
+    """Median over layers of ΔW's numerical rank and effective rank against the step, one line per run
+    (LoRMA figure 7); LoRMA runs also show the rank of the inflated matrix I(BA), dotted."""
+    plt = _pyplot()
+    panels = (("rank_machine", "numerical rank (max(m,n)·eps·σ_max)"), ("rank_relative", "rank (1e-3·σ_max)"),
+              ("effective_rank", "effective rank"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0))
+    for ax, (metric, label) in zip(axes, panels):
+        for run in runs:
+            steps, values = median_over_layers(run["rows"], metric)
+            line, = ax.plot(steps, np.maximum(values, 0.5), marker=".", label=run["label"])
+            steps, inflated = median_over_layers(run["rows"], f"inflated_{metric}")
+            if steps.size:
+                ax.plot(steps, np.maximum(inflated, 0.5), ls=":", color=line.get_color(),
+                        label=f"{run['label']} I(BA)")
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"median over layers: {label}")
+    axes[-1].legend(fontsize=7, ncol=2)
+    fig.suptitle(title or "rank of ΔW during training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def pick_layer(runs: list[dict], layer: str | None) -> str:
+    """The first layer (in the first run's order) tracked by every run whose name contains ``layer``;
+    by default a query projection in the middle of the network."""
+    common = [name for name in runs[0]["summary"]["singular_values"]
+              if all(name in r["summary"]["singular_values"] for r in runs)]
+    if not common:
+        raise ValueError("the runs share no tracked layer")
+    if layer is not None:
+        chosen = [name for name in common if layer in name]
+        if not chosen:
+            raise ValueError(f"no layer tracked by every run contains {layer!r}")
+        return chosen[0]
+    queries = [name for name in common if "q_proj" in name or "query" in name] or common
+    return queries[len(queries) // 2]
+
+
+def delta_w_spectra(runs: list[dict], path: str | Path, layer: str | None = None, title: str = "") -> Path:
+    """Singular values of ΔW at the end of each run for one layer, scaled by the largest (log scale)."""
+    plt = _pyplot()
+    name = pick_layer(runs, layer)
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    for run in runs:
+        sigma = np.asarray(run["summary"]["singular_values"][name], dtype=np.float64)
+        if sigma.size == 0 or sigma[0] == 0:
+            continue  # ΔW = 0 (e.g. BitFit has no weight update)
+        ax.semilogy(np.arange(1, sigma.size + 1), np.clip(sigma / sigma[0], 1e-12, None), label=run["label"])
+    ax.set_xlabel("singular value index")
+    ax.set_ylabel("σ_i / σ_1")
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title or f"ΔW spectra at the end: {name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def delta_w_figure_script(kind: str, argv: list[str] | None = None) -> Path:
+    """The shared command line of ``figures/delta_w_rank.py`` and ``figures/delta_w_spectra.py``.
+
+    ``kind`` is ``rank`` or ``spectra``; arguments: RUN_DIR [RUN_DIR ...] [--layer TEXT] [--out FILE].
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=f"ΔW {kind} from ntk-peft train run folders")
+    parser.add_argument("runs", nargs="+", help="training run folders (delta_w.csv, delta_w_summary.json)")
+    parser.add_argument("--out", default=None, help=f"default: delta_w_{kind}.png beside the first run")
+    if kind == "spectra":
+        parser.add_argument("--layer", default=None, help="a layer name or part of one (default: a middle q_proj)")
+    args = parser.parse_args(argv)
+    missing = [r for r in args.runs if not (Path(r) / "delta_w.csv").is_file()]
+    if missing:
+        parser.error(f"not a tracked training run: {missing[0]}")
+    runs = [load_delta_w_run(r) for r in args.runs]
+    out = Path(args.out or Path(args.runs[0]).parent / f"delta_w_{kind}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "rank":
+        return delta_w_rank(runs, out)
+    try:
+        return delta_w_spectra(runs, out, args.layer)
+    except ValueError as error:
+        parser.error(str(error))

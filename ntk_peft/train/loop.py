@@ -7,7 +7,9 @@ accuracy), ΔW tracking (`DeltaWTracker`), and writes into ``config.out``:
 - ``config.json``: the configuration;
 - ``adapter/``: the adapter at the end (``adapter.safetensors`` + ``adapter.json``
   with spec and targets); ``best/`` the one with the best dev accuracy;
-- ``metrics.json``: loss per step, dev accuracy per evaluation, final eval accuracy;
+- ``metrics.json``: loss per step, dev accuracy per evaluation, final eval accuracy,
+  ``step_seconds`` (forward, backward and optimizer step only; summed over resumed
+  parts) and ``peak_rss_mb`` (the training process's peak resident memory);
 - ``delta_w.csv`` (tidy: step, layer, metric, value) and ``delta_w_summary.json``;
 - ``checkpoint.pt`` every evaluation: adapter, optimizer, scheduler and step,
   so a rerun with the same configuration resumes where it stopped.
@@ -195,6 +197,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
         order = _order(len(train_examples), config.seed, epoch)
         chunk = [train_examples[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
         batch = make_batch(tokenizer, spec, chunk)
+        step_started = time.perf_counter()
         logits = label_logits(model, batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
         if not torch.isfinite(loss):
@@ -205,6 +208,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
+        metrics["step_seconds"] = metrics.get("step_seconds", 0.0) + time.perf_counter() - step_started
         step += 1
         metrics["loss"].append([step, loss.item()])
         bar.update(1)
@@ -223,6 +227,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
                 stopped_early = config.early_stop is not None and bad_evals >= config.early_stop
             save_checkpoint()
     bar.close()
+    metrics["peak_rss_mb"] = max(metrics.get("peak_rss_mb", 0.0), _peak_rss_mb())  # model, data and training
     if not tracker.rows or tracker.rows[-1]["step"] != step:  # the end is always measured
         tracker.measure(step)
     handle.save(out / "adapter")
@@ -234,6 +239,15 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "delta_w_summary.json", tracker.summary())
     return metrics
+
+
+def _peak_rss_mb() -> float:
+    """The process's peak resident memory so far (MiB); ru_maxrss is KiB on Linux, bytes on macOS."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
 def _truncate_csv(path: Path, step: int) -> None:

@@ -40,6 +40,7 @@ def test_lora_rank_never_above_r_and_outputs_written(tmp_path):
     assert [s for s, _ in metrics["loss"]] == [1, 2, 3, 4, 5, 6]
     assert [s for s, _ in metrics["dev_accuracy"]] == [3, 6]
     assert 0 <= metrics["eval_accuracy"] <= 1 and metrics["n_eval"] == 8
+    assert 0 < metrics["step_seconds"] <= metrics["train_seconds"] and metrics["peak_rss_mb"] > 50
     saved = json.loads((out / "config.json").read_text())
     assert saved["adapter"] == "lora2" and saved["seed"] == 5
     assert json.loads((out / "adapter" / "adapter.json").read_text())["spec"] == "lora2"
