@@ -9,7 +9,8 @@ accuracy), ΔW tracking (`DeltaWTracker`), and writes into ``config.out``:
   with spec and targets); ``best/`` the one with the best dev accuracy;
 - ``metrics.json``: loss per step, dev accuracy per evaluation, final eval accuracy,
   ``step_seconds`` (forward, backward and optimizer step only; summed over resumed
-  parts) and ``peak_rss_mb`` (the training process's peak resident memory);
+  parts), ``peak_rss_mb`` (the process's peak resident memory at the end of training) and
+  ``peak_rss_before_training_mb`` (the same once the model and adapter were loaded);
 - ``delta_w.csv`` (tidy: step, layer, metric, value) and ``delta_w_summary.json``;
 - ``checkpoint.pt`` every evaluation: adapter, optimizer, scheduler and step,
   so a rerun with the same configuration resumes where it stopped.
@@ -186,6 +187,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
         os.replace(tmp, checkpoint_path)
 
     started = time.perf_counter()
+    metrics["peak_rss_before_training_mb"] = _peak_rss_mb()  # model, adapter and data loaded
     if step == 0 and tracker.due(0):
         tracker.measure(0)
     model.train()
