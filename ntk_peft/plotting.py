@@ -219,3 +219,53 @@ def delta_w_figure_script(kind: str, argv: list[str] | None = None) -> Path:
         return delta_w_spectra(runs, out, args.layer)
     except ValueError as error:
         parser.error(str(error))
+
+
+def bounds_figure(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Relative error against parameter count for every class (``ntk-peft bounds`` rows): one faint line per
+    single matrix, the median over matrices per budget in bold; CP and pooled stacks as separate markers."""
+    plt = _pyplot()
+    colors = {"lowrank": "C0", "monarch": "C1", "rows": "C2", "cols": "C3", "cp": "C4"}
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    singles = [r for r in rows if "stack" not in r["matrix"]]
+    for kind, color in colors.items():
+        of_kind = [r for r in singles if r["class"] == kind]
+        for name in sorted({r["matrix"] for r in of_kind}):
+            line = sorted((r["params"], r["relative_error"]) for r in of_kind if r["matrix"] == name)
+            ax.plot(*zip(*line), color=color, alpha=0.15, lw=0.8)
+        budgets = sorted({r["budget_rank"] for r in of_kind})
+        if budgets:
+            medians = [(np.median([r["params"] for r in of_kind if r["budget_rank"] == b]),
+                        np.median([r["relative_error"] for r in of_kind if r["budget_rank"] == b])) for b in budgets]
+            ax.plot(*zip(*medians), color=color, marker="o", lw=2, label=f"{kind} (median)")
+    stacked = sorted((r["params"], r["relative_error"]) for r in rows if "stack" in r["matrix"] and r["class"] == "cp")
+    if stacked:
+        ax.scatter(*zip(*stacked), color=colors["cp"], marker="x", label="cp on a stack of layers (its params)")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel("relative error ‖M − P(M)‖_F / ‖M‖_F")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "best error at equal parameter budgets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def bounds_figure_script(argv: list[str] | None = None) -> Path:
+    """``figures/monarch_vs_lowrank.py BOUNDS_DIR [--out FILE]``: redraw from ``bounds.csv``."""
+    import argparse
+    import csv
+
+    parser = argparse.ArgumentParser(description="error against parameters per adapter class, from ntk-peft bounds")
+    parser.add_argument("folder", help="an ntk-peft bounds output folder (bounds.csv)")
+    parser.add_argument("--out", default=None, help="default: FOLDER/monarch_vs_lowrank.png")
+    args = parser.parse_args(argv)
+    source = Path(args.folder) / "bounds.csv"
+    if not source.is_file():
+        parser.error(f"no bounds.csv in {args.folder}")
+    with source.open(newline="") as handle:
+        rows = [dict(r, params=int(r["params"]), budget_rank=int(r["budget_rank"]),
+                     relative_error=float(r["relative_error"])) for r in csv.DictReader(handle)]
+    return bounds_figure(rows, args.out or Path(args.folder) / "monarch_vs_lowrank.png", Path(args.folder).name)

@@ -10,6 +10,10 @@
   with ΔW rank tracking (see `ntk_peft.train`); resumes from DIR's checkpoint.
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
   a model, so later runs start fast.
+- ``ntk-peft bounds [--layers 0,15,29] [--types q,k,v,o,gate,up,down] [--run DIR ...]
+  [--random 256x256 --spectrum power:1] [--budget-ranks 1,2,4,8,16,32] [--out DIR]``: best relative
+  error of low rank, Monarch, rows, columns (and CP on stacks) at equal parameter budgets, on a
+  model's weights, trained ΔW or random matrices (see `ntk_peft.experiments.bounds_study`).
 """
 
 from __future__ import annotations
@@ -79,9 +83,113 @@ def build_parser() -> Parser:
     tr.add_argument("--out", default=None, help="run folder (default runs/train/<task>-<adapter>-k<k>-s<seed>)")
     tr.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
 
+    bounds = sub.add_parser("bounds", help="adapter classes' best errors at equal parameter budgets")
+    bounds.add_argument("--model", default="smollm2-135m", help="whose pretrained weights (default smollm2-135m)")
+    bounds.add_argument("--layers", type=_int_list, default=[0, 15, 29], help="layer indices (default 0,15,29)")
+    bounds.add_argument("--types", default="q,k,v,o,gate,up,down", help="matrix types (default all seven)")
+    bounds.add_argument("--run", action="append", default=[],
+                        help="a training run folder: use its ΔW instead of the pretrained weights (repeatable)")
+    bounds.add_argument("--random", default=None, metavar="MxN", help="random matrices of this shape instead")
+    bounds.add_argument("--spectrum", default="power:1", help="random matrices: flat, power:A or exp:A")
+    bounds.add_argument("--count", type=positive_int, default=3, help="random matrices: how many (default 3)")
+    bounds.add_argument("--budget-ranks", type=_int_list, default=[1, 2, 4, 8, 16, 32],
+                        help="budgets as LoRA ranks R: P = R(m+n) per matrix (default 1,2,4,8,16,32)")
+    bounds.add_argument("--no-cp", dest="cp", action="store_false", help="skip CP fits of same-type stacks")
+    bounds.add_argument("--linear-model", type=positive_int, default=None, metavar="D",
+                        help="instead: the deep linear model experiment (MoRe theorems A.3/A.4) at width D")
+    bounds.add_argument("--depth", type=positive_int, default=3, help="linear model: layers (default 3)")
+    bounds.add_argument("--seed", type=int, default=0, help="linear model / random matrices: seed (default 0)")
+    bounds.add_argument("--out", default=None, help="folder for bounds.csv, table.md, figure (default runs/bounds/...)")
+
     prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
     add_model_options(prep)
     return parser
+
+
+def _int_list(text: str) -> list[int]:
+    """argparse type: comma-separated positive integers."""
+    import argparse
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
+    return values
+
+
+def _bounds(args) -> int:
+    from pathlib import Path
+
+    from ntk_peft.errors import UserError
+    from ntk_peft.experiments.bounds_study import (
+        bounds_study,
+        model_matrices,
+        random_matrices,
+        run_matrices,
+        summary_table,
+    )
+    from ntk_peft.plotting import bounds_figure
+
+    if 0 in args.budget_ranks:
+        raise UserError("--budget-ranks must be positive")
+    if args.linear_model is not None:
+        return _linear_model(args)
+    if args.random:
+        try:
+            shape = tuple(int(v) for v in args.random.lower().split("x"))
+            assert len(shape) == 2 and min(shape) > 0
+        except (ValueError, AssertionError):
+            raise UserError(f"--random expects a shape MxN, got {args.random!r}") from None
+        matrices, source = random_matrices(shape, args.spectrum, args.count), f"random-{args.random}-{args.spectrum}"
+    elif args.run:
+        matrices, source = {}, "runs-" + "-".join(Path(r).name for r in args.run)
+        for run in args.run:
+            matrices.update(run_matrices(run))
+    else:
+        types = [t.strip() for t in args.types.split(",") if t.strip()]
+        matrices = model_matrices(args.model, args.layers, types)
+        source = f"{Path(args.model).name}-layers{'-'.join(map(str, args.layers))}"
+    out = Path(args.out or Path("runs") / "bounds" / source.replace(":", "_"))
+    rows = bounds_study(matrices, args.budget_ranks, cp=args.cp, out=out)
+    table = summary_table(rows)
+    (out / "table.md").write_text(table + "\n")
+    figure = bounds_figure(rows, out / "monarch_vs_lowrank.png", title=source)
+    print(table)
+    print(f"rows: {out / 'bounds.csv'}  figure: {figure}")
+    return 0
+
+
+def _linear_model(args) -> int:
+    import csv
+    from pathlib import Path
+
+    from ntk_peft.errors import UserError
+    from ntk_peft.experiments.linear_model import linear_model_experiment
+
+    d = args.linear_model
+    if d < 8 or d % 4:
+        raise UserError("--linear-model D needs D >= 8 and divisible by 4 (Monarch N = 2, 4)")
+    classes = (("monarch", (4, 4)), ("monarch", (4, 8)), ("monarch", (2, 2)), ("monarch", (2, 4)),
+               ("lowrank", (2,)), ("lowrank", (4,)), ("lowrank", (8,)), ("rows", (4,)), ("cols", (4,)))
+    classes = tuple(c for c in classes if c[0] != "monarch" or c[1][1] <= d // c[1][0])
+    rows = linear_model_experiment(d, args.depth, classes, seed=args.seed)
+    out = Path(args.out or Path("runs") / "bounds" / f"linear-model-d{d}-L{args.depth}-s{args.seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "linear_model.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"deep linear model: d={d}, depth {args.depth}, seed {args.seed}; squared errors ||W_target - W_adapted||_F^2"
+          f" (before adapting: {rows[0]['initial_error']:.4g})")
+    print(f"{'class':<9}{'config':>7}{'params':>8}{'projection':>13}{'descent':>12}{'bound |P|_2':>14}"
+          f"{'bound |P|_F':>14}")
+    for r in rows:
+        print(f"{r['class']:<9}{r['config']:>7}{r['params']:>8}{r['projection_error']:>13.4g}"
+              f"{r['descent_error']:>12.4g}{r['bound_spectral']:>14.4g}{r['bound_frobenius']:>14.4g}")
+    print(f"rows: {out / 'linear_model.csv'}")
+    return 0
 
 
 def _zeroshot(args) -> int:
@@ -164,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         return _params(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "bounds":
+        return _bounds(args)
     from ntk_peft.models import load_model
 
     model, _ = load_model(args.model, dtype=args.dtype)
