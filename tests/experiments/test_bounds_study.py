@@ -76,6 +76,7 @@ def test_linear_model_experiment_from_the_command_line(capsys, tmp_path):
     assert "bound |P|_F" in out and (tmp_path / "linear_model.csv").is_file()
     with (tmp_path / "linear_model.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert all(float(r["projection_error"]) <= float(r["bound_spectral"]) * (1 + 1e-10) for r in rows)
+    assert all(float(r["projection_error"]) <= float(r["bound_spectral"]) * (1 + 1e-10) + 1e-12 * float(r["initial_error"])
+               for r in rows)  # lowrank 8 at d = 8 fits exactly: bound 0, error at rounding level
     code, _, err = _run(capsys, "--linear-model", "10")
     assert code == 2 and "divisible by 4" in err
