@@ -85,7 +85,8 @@ def build_parser() -> Parser:
 
     bounds = sub.add_parser("bounds", help="adapter classes' best errors at equal parameter budgets")
     bounds.add_argument("--model", default="smollm2-135m", help="whose pretrained weights (default smollm2-135m)")
-    bounds.add_argument("--layers", type=_int_list, default=[0, 15, 29], help="layer indices (default 0,15,29)")
+    bounds.add_argument("--layers", type=_int_list, default=[0, 15, 29],
+                        help="layer indices, of the model or of --run's ΔW (default 0,15,29)")
     bounds.add_argument("--types", default="q,k,v,o,gate,up,down", help="matrix types (default all seven)")
     bounds.add_argument("--run", action="append", default=[],
                         help="a training run folder: use its ΔW instead of the pretrained weights (repeatable)")
@@ -146,7 +147,7 @@ def _bounds(args) -> int:
     elif args.run:
         matrices, source = {}, "runs-" + "-".join(Path(r).name for r in args.run)
         for run in args.run:
-            matrices.update(run_matrices(run))
+            matrices.update(run_matrices(run, args.layers))
     else:
         types = [t.strip() for t in args.types.split(",") if t.strip()]
         matrices = model_matrices(args.model, args.layers, types)

@@ -47,8 +47,9 @@ def model_matrices(model_name: str, layers: list[int], types: list[str]) -> dict
     return out
 
 
-def run_matrices(run: str | Path) -> dict[str, torch.Tensor]:
-    """``<adapter>:<layer>`` -> ΔW (float64) of a training run folder's final adapter."""
+def run_matrices(run: str | Path, layers: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """``<adapter>:<layer>`` -> ΔW (float64) of a training run folder's final adapter (only the
+    transformer layers ``layers`` when given)."""
     import json
 
     from ntk_peft.adapters import load_adapter
@@ -60,7 +61,9 @@ def run_matrices(run: str | Path) -> dict[str, torch.Tensor]:
     config = json.loads((run / "config.json").read_text())
     model, _ = load_model(config["model"], seed=config.get("seed", 0))
     handle = load_adapter(model, run / "adapter")
-    return {f"{config['adapter']}:{name}": delta.detach().double() for name, delta in handle.delta_weights().items()}
+    keep = None if layers is None else tuple(f"layers.{i}." for i in layers)
+    return {f"{config['adapter']}:{name}": delta.detach().double() for name, delta in handle.delta_weights().items()
+            if keep is None or any(k in name for k in keep)}
 
 
 def random_matrices(shape: tuple[int, int], spectrum: str, count: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
