@@ -10,7 +10,10 @@ seconds per optimizer step (forward, backward, step only) and the training
 process's peak resident memory, both also as ratios to ``lora8`` measured in
 the same run, and the median over adapted layers of ΔW's numerical rank
 (machine tolerance max(m,n)·eps·σ_max and relative 1e-3·σ_max) and effective
-rank at the end (for LoRMA also of the inflated matrix I(BA)).
+rank at the end (for LoRMA also of the inflated matrix I(BA)). A second
+table compares each method's ΔW with full fine-tuning's on one layer (LoRMA
+table 9's metrics: Frobenius distance, cosine, top-8 singular value and
+eigenvalue squared differences, largest principal angle).
 
 Usage::
 
@@ -74,6 +77,33 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pairwise_table(out: Path, methods: list[str], layer: str, reference: str = "full") -> str:
+    """LoRMA table 9's metrics between each method's final ΔW and ``reference``'s on ``layer``."""
+    from ntk_peft.analysis import compare_delta_w
+    from ntk_peft.experiments.bounds_study import run_matrices
+
+    deltas = {}
+    for method in [reference, *methods]:
+        found = {name.split(":", 1)[1]: delta for name, delta in run_matrices(out / method).items()}
+        if layer in found:
+            deltas[method] = found[layer]
+    lines = [f"ΔW on {layer} compared with {reference} fine-tuning (‖ΔW_{reference}‖_F = "
+             f"{float(deltas[reference].norm()):.4g})",
+             "| method | ‖ΔW‖_F | Frobenius distance | cosine | top-8 σ sq. diff | top-8 λ sq. diff | max principal angle |",
+             "|---|---|---|---|---|---|---|"]
+    for method in methods:
+        if method == reference or method not in deltas:
+            continue
+        if float(deltas[method].norm()) == 0:
+            lines.append(f"| {method} | 0 | - | - | - | - | - |")
+            continue
+        c = compare_delta_w(deltas[method], deltas[reference], 8)
+        eigen = "-" if c["eigen_sq_diff"] is None else f"{c['eigen_sq_diff']:.3g}"
+        lines.append(f"| {method} | {float(deltas[method].norm()):.4g} | {c['frobenius_distance']:.4g} | "
+                     f"{c['cosine']:.3f} | {c['singular_sq_diff']:.3g} | {eigen} | {c['max_principal_angle']:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="sst2")
@@ -87,10 +117,15 @@ def main() -> None:
     parser.add_argument("--max-eval", type=int, default=None)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", default="runs/bench-train")
+    parser.add_argument("--compare-layer", default="model.layers.15.self_attn.q_proj",
+                        help="layer of the pairwise ΔW table (default: layer 15's q_proj)")
     args = parser.parse_args()
     out = Path(args.out)
     rows = [train_method(m, args, out) for m in args.methods.split(",")]
     table = format_rows(rows)
+    methods = args.methods.split(",")
+    if "full" in methods:
+        table += "\n\n" + pairwise_table(out, methods, args.compare_layer)
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
     (out / "table.md").write_text(table + "\n")
     print(table)
