@@ -136,7 +136,7 @@ def delta_w_rank(runs: list[dict], path: str | Path, title: str = "") -> Path:
     """Median over layers of ΔW's numerical rank and effective rank against the step, one line per run
     (LoRMA figure 7); LoRMA runs also show the rank of the inflated matrix I(BA), dotted."""
     plt = _pyplot()
-    panels = (("rank_machine", "numerical rank (max(m,n)·eps·σ_max)"), ("rank_relative", "rank (1e-3·σ_max)"),
+    panels = (("rank_machine", "rank, tol. max(m,n)·eps·σ_max"), ("rank_relative", "rank, tol. 1e-3·σ_max"),
               ("effective_rank", "effective rank"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0))
     for ax, (metric, label) in zip(axes, panels):
@@ -149,7 +149,8 @@ def delta_w_rank(runs: list[dict], path: str | Path, title: str = "") -> Path:
                         label=f"{run['label']} I(BA)")
         ax.set_yscale("log")
         ax.set_xlabel("step")
-        ax.set_ylabel(f"median over layers: {label}")
+        ax.set_ylabel(label)
+        ax.set_title(f"median over layers: {label}", fontsize=9)
     axes[-1].legend(fontsize=7, ncol=2)
     fig.suptitle(title or "rank of ΔW during training")
     fig.tight_layout()
