@@ -23,12 +23,9 @@ import torch
 from ntk_peft.analysis.projections import (
     _checked,
     _positive,
-    cols_project,
-    lowrank_project,
     monarch_block_ranks,
     monarch_params,
     monarch_project,
-    rows_project,
 )
 from ntk_peft.errors import UserError
 
@@ -120,35 +117,49 @@ def equal_budget_errors(matrix, budget: int, monarch_blocks=MONARCH_BLOCKS) -> l
     over N in ``monarch_blocks`` and every r that fits; N = 1 is low rank); a class that cannot
     spend the budget (not even one rank, row or block rank) is left out.
     """
+    return equal_budget_table(matrix, [budget], monarch_blocks)[budget]
+
+
+def equal_budget_table(matrix, budgets, monarch_blocks=MONARCH_BLOCKS) -> dict[int, list[dict]]:
+    """`equal_budget_errors` for several budgets at once: one SVD of M, one of each N's sub-blocks."""
     matrix = _checked(matrix)
-    budget = _positive("budget", budget)
+    budgets = [_positive("budget", b) for b in budgets]
     m, n = matrix.shape
     norm = float(matrix.norm())
     if norm == 0:
         raise UserError("the matrix is zero; relative errors are undefined")
-    rows = []
-    rank = min(budget // (m + n), min(m, n))
-    if rank >= 1:
-        rows.append({"class": "lowrank", "config": f"lora{rank}", "params": rank * (m + n),
-                     "relative_error": lowrank_project(matrix, rank).error / norm})
-    for kind, size, fn in (("rows", n, rows_project), ("cols", m, cols_project)):
-        count = min(budget // size, m if kind == "rows" else n)
-        if count >= 1:
-            rows.append({"class": kind, "config": f"{kind[:3]}{count}", "params": count * size,
-                         "relative_error": fn(matrix, count).error / norm})
-    best = None
+    sigma2 = torch.linalg.svdvals(matrix) ** 2
+    lowrank_tails = torch.flip(torch.cumsum(torch.flip(sigma2, [0]), 0), [0])  # [i] = Σ_{j ≥ i} σ_j²
+    row_norms = torch.sort((matrix ** 2).sum(1), descending=True).values
+    col_norms = torch.sort((matrix ** 2).sum(0), descending=True).values
+    total = float((matrix ** 2).sum())
+    curves = {}
+    largest = max(budgets)
     for blocks in monarch_blocks:
-        if blocks > min(m, n):
-            continue
-        per_rank = monarch_params(m, n, blocks, 1)
-        fitting = range(1, budget // per_rank + 1)
-        if not len(fitting):
-            continue
-        for r, error in monarch_error_curve(matrix, blocks, fitting).items():
-            if best is None or error < best[2]:
-                best = (blocks, r, error)
-    if best is not None:
-        blocks, r, error = best
-        rows.append({"class": "monarch", "config": f"more{blocks}x{r}", "params": monarch_params(m, n, blocks, r),
-                     "relative_error": error / norm})
-    return rows
+        if blocks <= min(m, n) and monarch_params(m, n, blocks, 1) <= largest:
+            curves[blocks] = monarch_error_curve(matrix, blocks, range(1, largest // monarch_params(m, n, blocks, 1) + 1))
+    out = {}
+    for budget in budgets:
+        rows = []
+        rank = min(budget // (m + n), min(m, n))
+        if rank >= 1:
+            error = float(lowrank_tails[rank]) if rank < sigma2.numel() else 0.0
+            rows.append({"class": "lowrank", "config": f"lora{rank}", "params": rank * (m + n),
+                         "relative_error": math.sqrt(max(error, 0.0)) / norm})
+        for kind, size, norms in (("rows", n, row_norms), ("cols", m, col_norms)):
+            count = min(budget // size, norms.numel())
+            if count >= 1:
+                rest = max(total - float(norms[:count].sum()), 0.0)
+                rows.append({"class": kind, "config": f"{kind[:3]}{count}", "params": count * size,
+                             "relative_error": math.sqrt(rest) / norm})
+        best = None
+        for blocks, curve in curves.items():
+            for r, error in curve.items():
+                if monarch_params(m, n, blocks, r) <= budget and (best is None or error < best[2]):
+                    best = (blocks, r, error)
+        if best is not None:
+            blocks, r, error = best
+            rows.append({"class": "monarch", "config": f"more{blocks}x{r}",
+                         "params": monarch_params(m, n, blocks, r), "relative_error": error / norm})
+        out[budget] = rows
+    return out

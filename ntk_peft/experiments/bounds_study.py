@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ntk_peft.analysis import cp_params, cp_project
-from ntk_peft.analysis.bounds import equal_budget_errors
+from ntk_peft.analysis.bounds import equal_budget_table
 from ntk_peft.errors import UserError
 
 LLAMA_TYPES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
@@ -125,6 +125,7 @@ def bounds_study(matrices: dict[str, torch.Tensor], budget_ranks=(1, 2, 4, 8, 16
     jobs = [(name, rank) for name in matrices for rank in budget_ranks]
     stacks = _stacks(list(matrices), matrices) if cp else {}
     jobs += [(stack, rank) for stack in stacks for rank in budget_ranks]
+    tables: dict[str, dict[int, list[dict]]] = {}
     for name, rank in tqdm(jobs, desc="bounds", unit="fit", disable=not progress):
         if (name, rank) in finished:
             continue
@@ -133,8 +134,10 @@ def bounds_study(matrices: dict[str, torch.Tensor], budget_ranks=(1, 2, 4, 8, 16
             m, n = matrix.shape
             if float(matrix.norm()) == 0:
                 continue  # e.g. a BitFit run: no weight update
+            if name not in tables:  # every budget of a matrix from one set of SVDs
+                tables = {name: equal_budget_table(matrix, [r * (m + n) for r in budget_ranks])}
             new = [dict(r, matrix=name, shape=f"{m}x{n}", budget_rank=rank, budget=rank * (m + n))
-                   for r in equal_budget_errors(matrix, rank * (m + n))]
+                   for r in tables[name][rank * (m + n)]]
         else:
             members = stacks[name]
             tensor = torch.stack([matrices[n] for n in members])

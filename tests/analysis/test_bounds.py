@@ -75,3 +75,24 @@ def test_equal_budget_rows_respect_the_budget_and_each_class_wins_on_its_own_mat
     assert blocky["lowrank"]["relative_error"] < blocky["monarch"]["relative_error"]
     with pytest.raises(UserError, match="zero"):
         equal_budget_errors(torch.zeros(4, 4, dtype=torch.float64), 8)
+
+
+def test_equal_budget_table_agrees_with_the_projections():
+    from ntk_peft.analysis import cols_project, monarch_params, rows_project
+    from ntk_peft.analysis.bounds import equal_budget_table
+
+    matrix = torch.randn(20, 28, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    norm = float(matrix.norm())
+    budgets = [48, 96, 200, 480]
+    table = equal_budget_table(matrix, budgets, monarch_blocks=(2, 3, 4))
+    for budget in budgets:
+        rows = {r["class"]: r for r in table[budget]}
+        assert all(r["params"] <= budget for r in rows.values())
+        rank = budget // 48
+        assert rows["lowrank"]["relative_error"] == pytest.approx(lowrank_project(matrix, rank).error / norm, rel=1e-10)
+        assert rows["rows"]["relative_error"] == pytest.approx(rows_project(matrix, budget // 28).error / norm, rel=1e-10)
+        assert rows["cols"]["relative_error"] == pytest.approx(cols_project(matrix, budget // 20).error / norm, rel=1e-10)
+        brute = min(monarch_project(matrix, n_, r).error for n_ in (2, 3, 4) for r in range(1, 15)
+                    if monarch_params(20, 28, n_, r) <= budget and r <= max(-(-20 // n_), -(-28 // n_)))
+        assert rows["monarch"]["relative_error"] == pytest.approx(brute / norm, rel=1e-10)
+        assert table[budget] == equal_budget_errors(matrix, budget, monarch_blocks=(2, 3, 4))
