@@ -25,6 +25,7 @@ from ntk_peft.errors import UserError
 
 LLAMA_TYPES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj",
                "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
+TIE = 1e-6  # relative errors closer than this count as a tie (float32 ΔW carries ~1e-7 noise)
 FIELDS = ("matrix", "shape", "budget_rank", "budget", "class", "config", "params", "relative_error")
 
 
@@ -180,7 +181,7 @@ def _append(path: Path, rows: list[dict]) -> None:
 
 def summary_table(rows: list[dict]) -> str:
     """Median relative error per class and budget over single matrices, and how often low rank beats
-    Monarch; then the stacks (CP against the per-matrix classes pooled)."""
+    Monarch by more than `TIE`; then the stacks (CP against the per-matrix classes pooled)."""
     singles = [r for r in rows if "stack" not in r["matrix"]]
     classes = [c for c in ("lowrank", "monarch", "rows", "cols") if any(r["class"] == c for r in singles)]
     lines = ["| budget (LoRA rank) | matrices | " + " | ".join(f"median {c}" for c in classes)
@@ -192,9 +193,10 @@ def summary_table(rows: list[dict]) -> str:
         medians = [np.median([by[(n, c)] for n in names if (n, c) in by]) if any((n, c) in by for n in names)
                    else float("nan") for c in classes]
         both = [n for n in names if (n, "lowrank") in by and (n, "monarch") in by]
-        wins = sum(by[(n, "lowrank")] < by[(n, "monarch")] for n in both)
+        wins = sum(by[(n, "lowrank")] < by[(n, "monarch")] - TIE for n in both)
+        ties = sum(abs(by[(n, "lowrank")] - by[(n, "monarch")]) <= TIE for n in both)
         lines.append(f"| {rank} | {len(names)} | " + " | ".join(f"{v:.4f}" for v in medians)
-                     + f" | {wins}/{len(both)} |")
+                     + f" | {wins}/{len(both)}" + (f" ({ties} ties)" if ties else "") + " |")
     stacks = [r for r in rows if "stack" in r["matrix"]]
     if stacks:
         lines += ["", "| stack | budget (LoRA rank) | CP | " + " | ".join(f"{c} (per matrix)" for c in classes) + " |",
