@@ -33,7 +33,7 @@ class Checkpoint:
 
 def resolve_checkpoint(path: str | Path, model_name: str) -> Checkpoint:
     """The adapter under ``path`` (a run folder's ``adapter/``, or ``path`` itself); checks the model."""
-    path = Path(path)
+    path = Path(path).resolve()  # recorded in results.json: one spelling per checkpoint
     if (path / "adapter.json").is_file():
         folder, run = path, path.parent
     elif (path / "adapter" / "adapter.json").is_file():
