@@ -58,14 +58,9 @@ def _parametrisation(kind: str, config: tuple, d: int, e_tilde: torch.Tensor, g:
     if kind in ("rows", "cols"):
         (count,) = config
         chosen = (rows_project if kind == "rows" else cols_project)(e_tilde, count).indices
-        if kind == "rows":
-            def delta(p):
-                return torch.zeros(d, d, dtype=torch.float64).index_copy(0, chosen, p[0])
-            return [torch.zeros(count, d, dtype=torch.float64)], delta, count * d
-
-        def delta_cols(p):
-            return torch.zeros(d, d, dtype=torch.float64).index_copy(1, chosen, p[0])
-        return [torch.zeros(d, count, dtype=torch.float64)], delta_cols, count * d
+        dim = 0 if kind == "rows" else 1
+        values = torch.zeros((count, d) if dim == 0 else (d, count), dtype=torch.float64)
+        return [values], (lambda p: torch.zeros(d, d, dtype=torch.float64).index_copy(dim, chosen, p[0])), count * d
     raise ValueError(f"unknown adapter class {kind!r}")
 
 

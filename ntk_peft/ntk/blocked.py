@@ -25,6 +25,12 @@ from ntk_peft.ntk.store import KernelStore
 from ntk_peft.ntk.subsets import parse_subsets, subset_params
 
 
+@torch.no_grad()
+def _fast_kernels(model: nn.Module, names: list[str], subsets: list, left, right, linear_method: str):
+    """Subset name -> fast kernel ``[n1, n2, C, C]`` between two captures."""
+    return {n: fast_kernel(model, sub, left, right, linear_method).detach() for n, sub in zip(names, subsets)}
+
+
 def _mirror(kernel: torch.Tensor) -> torch.Tensor:
     """K(b, a) from K(a, b): swap examples and classes."""
     return kernel.permute(1, 0, 3, 2)
@@ -83,9 +89,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         left_f, right_f = block_features(0, i), block_features(1, j)
         if implementation is NtkImplementation.FAST:
             fast_subsets = fast_subsets or [subset_params(model, s, targets, seed) for s in specs]
-            with torch.no_grad():
-                kernels = {n: fast_kernel(model, sub, left_f, right_f, linear_method).detach()
-                           for n, sub in zip(names, fast_subsets)}
+            kernels = _fast_kernels(model, names, fast_subsets, left_f, right_f, linear_method)
         else:
             kernels = {n: dense_kernel(a, b).detach() for n, a, b in zip(names, left_f, right_f)}
         if store is not None:
@@ -145,9 +149,7 @@ def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict
                 if kept_bytes + left_f.nbytes <= cache_bytes:
                     kept[key] = left_f
                     kept_bytes += left_f.nbytes
-            with torch.no_grad():
-                kernels = {n: fast_kernel(model, sub, left_f, right_f, linear_method).detach()
-                           for n, sub in zip(names, fast_subsets)}
+            kernels = _fast_kernels(model, names, fast_subsets, left_f, right_f, linear_method)
             job.store.save(job.name, i, j, kernels, seconds=time.perf_counter() - started + share)
             bar.update(1)
         del right_f

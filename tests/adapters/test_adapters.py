@@ -232,15 +232,21 @@ def test_wanda_selection_picks_by_score(selection):
         assert handle.layers[target.name].rows.tolist() == sorted(expect)
 
 
-@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3", "cp2", "lormapi2"])
-def test_save_and_load_give_identical_outputs(tmp_path, spec):
-    model, tok = load_model("tiny-roberta", dtype=torch.float32, seed=0)
+def _save_trained(folder, name, dtype, spec):
+    """Apply ``spec`` to a tiny model, give it random values, save it; returns (batch, its label logits)."""
+    model, tok = load_model(name, dtype=dtype, seed=0)
     handle = apply_adapter(model, spec, seed=4)
     _randomise(handle, 9)
     batch = _batch(tok)
     with torch.no_grad():
         expected = label_logits(model, batch)
-    handle.save(tmp_path)
+    handle.save(folder)
+    return batch, expected
+
+
+@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3", "cp2", "lormapi2"])
+def test_save_and_load_give_identical_outputs(tmp_path, spec):
+    batch, expected = _save_trained(tmp_path, "tiny-roberta", torch.float32, spec)
     fresh, _ = load_model("tiny-roberta", dtype=torch.float32, seed=0)
     loaded = load_adapter(fresh, tmp_path)
     assert str(loaded.spec) == spec
@@ -252,14 +258,8 @@ def test_save_and_load_give_identical_outputs(tmp_path, spec):
 def test_folded_adapter_is_the_fine_tuned_function_on_the_pretrained_parameters(tmp_path, spec):
     """fold_adapter: same outputs as the adapted model, same parameter names and shapes as the pretrained
     one (a BitFit bias on bias-free tiny-llama becomes a fixed shift, not a new parameter)."""
-    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=0)
-    shapes = {n: p.shape for n, p in model.named_parameters()}
-    handle = apply_adapter(model, spec, seed=4)
-    _randomise(handle, 9)
-    batch = _batch(tok)
-    with torch.no_grad():
-        expected = label_logits(model, batch)
-    handle.save(tmp_path)
+    shapes = {n: p.shape for n, p in load_model("tiny-llama", dtype=torch.float64, seed=0)[0].named_parameters()}
+    batch, expected = _save_trained(tmp_path, "tiny-llama", torch.float64, spec)
     folded = fold_adapter(load_model("tiny-llama", dtype=torch.float64, seed=0)[0], tmp_path)
     with torch.no_grad():
         assert (label_logits(folded, batch) - expected).abs().max() <= 1e-12 * expected.abs().max()
