@@ -10,6 +10,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():
+    # Triton kernels run on the CPU only interpreted; triton reads this when the
+    # kernels are decorated, i.e. when ntk_peft.kernels.monarch_triton is first imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from ntk_peft.models import load_model  # noqa: E402
 from ntk_peft.tasks.data import resolve_data_dir  # noqa: E402
 

@@ -3,6 +3,6 @@
 A subpackage, so it never shadows Hugging Face's top-level ``kernels`` package.
 """
 
-from ntk_peft.kernels.monarch import monarch_matmul, monarch_matmul_reference
+from ntk_peft.kernels.monarch import monarch_matmul, monarch_matmul_reference, monarch_triton_calls, use_triton
 
-__all__ = ["monarch_matmul", "monarch_matmul_reference"]
+__all__ = ["monarch_matmul", "monarch_matmul_reference", "monarch_triton_calls", "use_triton"]

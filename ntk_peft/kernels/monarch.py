@@ -14,12 +14,22 @@ n = N·b_in, w1 ``(N, r, b_in)``, w2 ``(N, b_out, r)``:
 4. P_out: output index ``o = i·N + k'`` (block k' fills every N-th output).
 
 The reference here (two batched products and two reshapes) is the CPU path
-and the oracle for any faster kernel.
+and the oracle for the fused Triton kernels of `monarch_triton`, which
+`monarch_matmul` dispatches to on CUDA (``NTK_PEFT_TRITON=1`` forces them,
+e.g. on a CPU under ``TRITON_INTERPRET=1``; ``NTK_PEFT_TRITON=0`` forbids
+them). The Triton path is a `torch.autograd.Function` with vmap rules, so
+torch.func's ``vmap(grad)`` / ``jacrev`` (the eNTK engines) run on the same
+kernels as training: a vmapped input becomes one more leading dimension, and
+per-example weight gradients come from the kernel's row groups.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import torch
+from torch.func import vjp, vmap
 
 
 def monarch_matmul_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -45,9 +55,141 @@ def monarch_matmul_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
     return z.permute(1, 2, 0).reshape(*lead, b_out * blocks)  # P_out: o = i·N + k
 
 
-def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """The Monarch product used by training and kernels (dispatches by device).
 
-    Only the torch reference exists so far; a fused Triton kernel plugs in here.
+
+_TRITON_ENV = "NTK_PEFT_TRITON"
+_calls = [0]
+
+
+def monarch_triton_calls() -> int:
+    """How many Monarch products have taken the Triton path in this process (forward launches)."""
+    return _calls[0]
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def use_triton(x: torch.Tensor, w1: torch.Tensor) -> bool:
+    """Whether `monarch_matmul` takes the Triton path for these tensors.
+
+    ``NTK_PEFT_TRITON=1`` forces it (CPU tensors need ``TRITON_INTERPRET=1``),
+    ``0`` forbids it; otherwise CUDA tensors use it when triton is installed.
+    Dtypes other than fp16/bf16/fp32 and products wider than
+    `monarch_triton.MAX_FUSED_WIDTH` always use the reference.
     """
-    return monarch_matmul_reference(x, w1, w2)
+    flag = os.environ.get(_TRITON_ENV, "")
+    if flag == "0" or (flag != "1" and not (x.is_cuda and triton_available())):
+        return False
+    if not triton_available():
+        raise RuntimeError(f"{_TRITON_ENV}=1 but triton is not installed")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"{_TRITON_ENV}=1 on CPU tensors needs TRITON_INTERPRET=1 (set before the first use)")
+    from ntk_peft.kernels import monarch_triton
+
+    return monarch_triton.supported(x, w1)
+
+
+def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """The Monarch product used by training and kernels (dispatches by device; see `use_triton`).
+
+    Args and result as `monarch_matmul_reference`; on the Triton path x, w1 and
+    w2 must share a dtype.
+    """
+    if not use_triton(x, w1):
+        return monarch_matmul_reference(x, w1, w2)
+    blocks, rank, b_in = w1.shape
+    if x.shape[-1] != blocks * b_in or w2.shape != (blocks, w2.shape[1], rank) or w2.dim() != 3:
+        raise ValueError(f"monarch shapes: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
+    if not x.dtype == w1.dtype == w2.dtype:
+        raise ValueError(f"monarch dtypes differ: x {x.dtype}, w1 {w1.dtype}, w2 {w2.dtype}")
+    return _MonarchMatmul.apply(x, w1, w2)
+
+
+def _triton():
+    from ntk_peft.kernels import monarch_triton
+
+    return monarch_triton
+
+
+def _moved(tensor: torch.Tensor, dim: int | None, size: int) -> torch.Tensor:
+    """``tensor`` with its vmapped dimension first (expanded to ``size`` if it had none)."""
+    if dim is None:
+        return tensor.unsqueeze(0).expand(size, *tensor.shape)
+    return tensor.movedim(dim, 0)
+
+
+class _MonarchMatmul(torch.autograd.Function):
+    """``y = monarch(x, w1, w2)`` on the Triton kernels; backward through `_MonarchBackward`."""
+
+    @staticmethod
+    def forward(x, w1, w2):
+        lead = x.shape[:-1]
+        _calls[0] += 1
+        y = _triton().forward(x.reshape(-1, x.shape[-1]).contiguous(), w1.contiguous(), w2.contiguous())
+        return y.reshape(*lead, y.shape[-1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, w2 = ctx.saved_tensors
+        return _MonarchBackward.apply(dy, x, w1, w2, None)
+
+    @staticmethod
+    def vmap(info, in_dims, x, w1, w2):
+        x_dim, w1_dim, w2_dim = in_dims
+        if w1_dim is None and w2_dim is None:  # a vmapped input is one more leading dimension
+            return _MonarchMatmul.apply(_moved(x, x_dim, info.batch_size), w1, w2), 0
+        return vmap(monarch_matmul_reference, in_dims=in_dims)(x, w1, w2), 0  # batched weights: reference
+
+
+class _MonarchBackward(torch.autograd.Function):
+    """``(dx, dw1, dw2)`` of the Monarch product; ``groups`` as in `monarch_triton.backward`.
+
+    With ``groups=G`` the first dimension of dy and x indexes the groups and the
+    weight gradients come back per group; a vmap over this function folds its
+    batch into that dimension, which is how ``vmap(grad(...))`` gets per-example
+    weight gradients from one kernel launch.
+    """
+
+    @staticmethod
+    def forward(dy, x, w1, w2, groups):
+        n, m = x.shape[-1], dy.shape[-1]
+        dx, dw1, dw2 = _triton().backward(dy.reshape(-1, m).contiguous(), x.reshape(-1, n).contiguous(),
+                                          w1.contiguous(), w2.contiguous(), groups)
+        return dx.reshape(x.shape), dw1, dw2
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("the Triton Monarch product is differentiable once; use NTK_PEFT_TRITON=0 "
+                           "for higher derivatives")
+
+    @staticmethod
+    def vmap(info, in_dims, dy, x, w1, w2, groups):
+        dy_dim, x_dim, w1_dim, w2_dim, _ = in_dims
+        size = info.batch_size
+        if w1_dim is not None or w2_dim is not None:  # batched weights: the reference's vjp
+            return vmap(_reference_backward, in_dims=(dy_dim, x_dim, w1_dim, w2_dim, None))(dy, x, w1, w2, groups), 0
+        dy_b, x_b = _moved(dy, dy_dim, size), _moved(x, x_dim, size)
+        if groups is None:
+            dx, dw1, dw2 = _MonarchBackward.apply(dy_b, x_b, w1, w2, size)
+            return (dx, dw1, dw2), (0, 0, 0)
+        # already grouped on the first dimension: the batch splits every group
+        dx, dw1, dw2 = _MonarchBackward.apply(dy_b.flatten(0, 1), x_b.flatten(0, 1), w1, w2, size * groups)
+        return ((dx.unflatten(0, (size, groups)), dw1.unflatten(0, (size, groups)),
+                 dw2.unflatten(0, (size, groups))), (0, 0, 0))
+
+
+def _reference_backward(dy, x, w1, w2, groups):
+    """`_MonarchBackward` in plain torch (for batched weights)."""
+    if groups is None:
+        _, pull = vjp(monarch_matmul_reference, x, w1, w2)
+        return pull(dy)
+    return vmap(_reference_backward, in_dims=(0, 0, None, None, None))(dy, x, w1, w2, None)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ntk_peft.kernels import monarch_matmul_reference
+from tests.kernels.shapes import SHAPES
 
 
 def dense_monarch(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -36,11 +37,13 @@ def test_reference_equals_dense_product(blocks, rank, b_in, b_out, lead):
     torch.testing.assert_close(monarch_matmul_reference(x, w1, w2), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_gradcheck_in_float64():
+@pytest.mark.parametrize("shape", SHAPES[:-1], ids=str)
+def test_gradcheck_in_float64(shape):
+    blocks, rank, b_in, b_out, lead = shape
     g = torch.Generator().manual_seed(0)
-    w1 = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    w2 = torch.randn(2, 5, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(3, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(blocks, rank, b_in, generator=g, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(blocks, b_out, rank, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*lead, blocks * b_in, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(monarch_matmul_reference, (x, w1, w2))
 
 
