@@ -17,7 +17,8 @@ def _pyplot():
     return plt
 
 
-def _label(name: str) -> str:
+def kernel_label(name: str) -> str:
+    """``K_full``, ``K_row1``, ... for a kernel subset name."""
     return "K_full" if name == "full" else f"K_{name}"
 
 
@@ -42,7 +43,7 @@ def kernel_heatmaps(kernels: dict[str, np.ndarray], labels: np.ndarray, path: st
         for b in boundaries:
             ax.axhline(b, color="white", lw=0.8)
             ax.axvline(b, color="white", lw=0.8)
-        ax.set_title(_label(name) + (" (logit difference)" if np.asarray(kernel).shape[2] == 2 else " (trace)"))
+        ax.set_title(kernel_label(name) + (" (logit difference)" if np.asarray(kernel).shape[2] == 2 else " (trace)"))
         ax.set_xlabel("train example (sorted by class)")
         ax.set_ylabel("train example (sorted by class)")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -63,7 +64,7 @@ def kernel_spectra(kernels: dict[str, np.ndarray], path: str | Path, title: str 
     for name, kernel in kernels.items():
         values = eigenvalues(kernel)
         values = np.clip(values / values[0], 1e-16, None)
-        ax.semilogy(np.arange(1, len(values) + 1), values, marker=".", label=_label(name))
+        ax.semilogy(np.arange(1, len(values) + 1), values, marker=".", label=kernel_label(name))
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("eigenvalue / largest eigenvalue")
     ax.legend()
@@ -140,9 +141,10 @@ def delta_w_rank(runs: list[dict], path: str | Path, title: str = "") -> Path:
               ("effective_rank", "effective rank"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0))
     for ax, (metric, label) in zip(axes, panels):
-        for run in runs:
+        for index, run in enumerate(runs):  # markers and widths differ, so coinciding runs stay visible
             steps, values = median_over_layers(run["rows"], metric)
-            line, = ax.plot(steps, np.maximum(values, 0.5), marker=".", label=run["label"])
+            line, = ax.plot(steps, np.maximum(values, 0.5), marker="osD^vx<>"[index % 8], ms=7 - 4 * index / len(runs),
+                            lw=2.4 - 1.4 * index / len(runs), label=run["label"])
             steps, inflated = median_over_layers(run["rows"], f"inflated_{metric}")
             if steps.size:
                 ax.plot(steps, np.maximum(inflated, 0.5), ls=":", color=line.get_color(),
@@ -151,9 +153,12 @@ def delta_w_rank(runs: list[dict], path: str | Path, title: str = "") -> Path:
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.set_title(f"median over layers: {label}", fontsize=9)
-    axes[-1].legend(fontsize=7, ncol=2)
-    fig.suptitle(title or "rank of ΔW during training")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # one legend below the panels, clear of the lines
+    columns = min(len(labels), 6)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
+    fig.suptitle(title or "rank of ΔW during training (log scale; rank 0 drawn at 0.5)")
+    legend_rows = -(-len(labels) // columns)
+    fig.tight_layout(rect=(0, 0.03 + 0.055 * legend_rows, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)

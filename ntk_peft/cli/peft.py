@@ -8,6 +8,9 @@
 - ``ntk-peft train --task sst2 --adapter lormapi8 [--k 16] [--seed 42] [--steps N | --epochs E]
   [--lr] [--targets] [--track-every 10] [--out DIR]``: prompt-based fine-tuning
   with ΔW rank tracking (see `ntk_peft.train`); resumes from DIR's checkpoint.
+- ``ntk-peft figures [--results runs] [--out DIR] [--quick] [--kernels DIR] [--train-run DIR ...]
+  [--bounds DIR]``: every figure of the toolkit from results folders, computing what is missing
+  (see `ntk_peft.experiments.figures`).
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
   a model, so later runs start fast.
 - ``ntk-peft bounds [--layers 0,15,29] [--types q,k,v,o,gate,up,down] [--run DIR ...]
@@ -101,6 +104,16 @@ def build_parser() -> Parser:
     bounds.add_argument("--depth", type=positive_int, default=3, help="linear model: layers (default 3)")
     bounds.add_argument("--seed", type=int, default=0, help="linear model / random matrices: seed (default 0)")
     bounds.add_argument("--out", default=None, help="folder for bounds.csv, table.md, figure (default runs/bounds/...)")
+
+    figs = sub.add_parser("figures", help="regenerate every figure, computing missing results")
+    figs.add_argument("--results", default="runs", help="root of the results folders (default runs)")
+    figs.add_argument("--out", default=None, help="figure folder (default RESULTS/figures, or figures-quick)")
+    figs.add_argument("--quick", action="store_true",
+                      help="tiny settings for anything computed (one seed, 6 steps, one layer): minutes on 2 CPUs")
+    figs.add_argument("--kernels", default=None, help="use this ntk-compare folder for the kernel figures")
+    figs.add_argument("--train-run", action="append", default=None,
+                      help="use this tracked training run for the ΔW figures (repeatable)")
+    figs.add_argument("--bounds", default=None, help="use this ntk-peft bounds folder for the error curves")
 
     prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
     add_model_options(prep)
@@ -265,6 +278,18 @@ def _train(args) -> int:
     return 0
 
 
+def _figures(args) -> int:
+    from ntk_peft.experiments.figures import make_all
+
+    started = time.perf_counter()
+    paths = make_all(args.results, args.out, quick=args.quick, kernels=args.kernels, train_runs=args.train_run,
+                     bounds=args.bounds)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+    print(f"index: {next(iter(paths.values())).parent / 'README.md'}  ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "zeroshot":
@@ -275,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "bounds":
         return _bounds(args)
+    if args.command == "figures":
+        return _figures(args)
     from ntk_peft.models import load_model
 
     model, _ = load_model(args.model, dtype=args.dtype)

@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.func import grad, jacrev, vmap
 
-from ntk_peft.kernels import monarch_matmul, monarch_matmul_reference
 from ntk_peft.kernels import monarch as monarch_module
+from ntk_peft.kernels import monarch_matmul, monarch_matmul_reference
 from tests.kernels.shapes import SHAPES
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
