@@ -228,3 +228,45 @@ def _gathered_at_b(left, right, rows, per_group, splits, blocks, size_a, size_b,
         left, right, out, rows, per_group, left.shape[1], right.shape[1], size_a, size_b, *left_strides,
         *right_strides, tiles_a, tiles_b, BLOCK_M=32, BLOCK_A=block_a, BLOCK_B=block_b, PRECISION=precision)
     return out
+
+
+def compile_for_gpu(arch: int = 90, dtypes=("fp32", "fp16", "bf16")) -> list[str]:
+    """Compile every kernel ahead of time for an NVIDIA GPU of compute capability ``arch`` (no GPU needed).
+
+    Catches what the interpreter does not check (types, dot shapes, register tiles): the tests run it
+    with ``TRITON_INTERPRET=0`` in a subprocess. Covers the narrowest and the widest tile set
+    (`MAX_FUSED_WIDTH`). Returns one line per compiled kernel.
+    """
+    import inspect
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if hasattr(_forward_kernel, "interpret") or not hasattr(_forward_kernel, "fn"):
+        raise RuntimeError("compile_for_gpu needs TRITON_INTERPRET unset when this module is first imported")
+    target = GPUTarget("cuda", arch, 32)
+    done = []
+    for dtype in dtypes:
+        precision = "ieee" if dtype == "fp32" else "tf32"
+        wide = _pow2(MAX_FUSED_WIDTH)
+        cases = [
+            (_forward_kernel, ("x_ptr", "w1_ptr", "w2_ptr", "y_ptr"), dict(BLOCK_M=64, BLOCK_T=16, BLOCK_C=64, BLOCK_O=64)),
+            (_forward_kernel, ("x_ptr", "w1_ptr", "w2_ptr", "y_ptr"),
+             dict(BLOCK_M=_row_block(wide), BLOCK_T=wide, BLOCK_C=_column_block(wide, 4096),
+                  BLOCK_O=_column_block(wide, 4096))),
+            (_backward_input_kernel, ("dy_ptr", "x_ptr", "w1_ptr", "w2_ptr", "dx_ptr", "h_ptr", "g_ptr"),
+             dict(BLOCK_M=64, BLOCK_T=16, BLOCK_C=64, BLOCK_O=64)),
+            (_backward_input_kernel, ("dy_ptr", "x_ptr", "w1_ptr", "w2_ptr", "dx_ptr", "h_ptr", "g_ptr"),
+             dict(BLOCK_M=_row_block(wide), BLOCK_T=wide, BLOCK_C=_column_block(wide, 4096),
+                  BLOCK_O=_column_block(wide, 4096))),
+            (_gathered_at_b_kernel, ("left_ptr", "right_ptr"), dict(BLOCK_M=32, BLOCK_A=64, BLOCK_B=16)),
+        ]
+        for kernel, pointers, constants in cases:
+            constants = dict(constants, PRECISION=precision)
+            signature = {}
+            for name in inspect.signature(kernel.fn).parameters:
+                signature[name] = ("constexpr" if name in constants else f"*{dtype}" if name in pointers
+                                   else "*fp32" if name == "out_ptr" else "i32")
+            compiled = triton.compile(ASTSource(kernel, signature, constexprs=constants), target=target)
+            done.append(f"{kernel.fn.__name__} {dtype} {constants}: {len(compiled.asm['ptx'])} bytes of PTX")
+    return done
