@@ -55,8 +55,6 @@ def monarch_matmul_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor
     return z.permute(1, 2, 0).reshape(*lead, b_out * blocks)  # P_out: o = i·N + k
 
 
-
-
 _TRITON_ENV = "NTK_PEFT_TRITON"
 _calls = [0]
 
@@ -93,17 +91,17 @@ def use_triton(x: torch.Tensor, w1: torch.Tensor) -> bool:
 def monarch_matmul(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """The Monarch product used by training and kernels (dispatches by device; see `use_triton`).
 
-    Args and result as `monarch_matmul_reference`; on the Triton path x, w1 and
-    w2 must share a dtype.
+    Args and result as `monarch_matmul_reference`. On the Triton path the
+    factors are cast to x's dtype (as autocast does for a matmul: under
+    ``torch.autocast`` x arrives in bf16 while the parameters stay fp32); their
+    gradients come back in their own dtype.
     """
     if not use_triton(x, w1):
         return monarch_matmul_reference(x, w1, w2)
-    blocks, rank, b_in = w1.shape
-    if x.shape[-1] != blocks * b_in or w2.shape != (blocks, w2.shape[1], rank) or w2.dim() != 3:
+    if (w1.dim() != 3 or w2.dim() != 3 or x.shape[-1] != w1.shape[0] * w1.shape[2]
+            or w2.shape[0] != w1.shape[0] or w2.shape[2] != w1.shape[1]):
         raise ValueError(f"monarch shapes: x {tuple(x.shape)}, w1 {tuple(w1.shape)}, w2 {tuple(w2.shape)}")
-    if not x.dtype == w1.dtype == w2.dtype:
-        raise ValueError(f"monarch dtypes differ: x {x.dtype}, w1 {w1.dtype}, w2 {w2.dtype}")
-    return _MonarchMatmul.apply(x, w1, w2)
+    return _MonarchMatmul.apply(x, w1.to(x.dtype), w2.to(x.dtype))
 
 
 def _triton():

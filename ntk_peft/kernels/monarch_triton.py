@@ -32,6 +32,7 @@ import triton.language as tl
 
 #: Largest N·r kept in registers; wider products go to the reference.
 MAX_FUSED_WIDTH = 1024
+_MAX_GRID_Y = 65535
 _DOT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -89,7 +90,7 @@ def _x_times_s1(x_ptr, w1_ptr, rows, t, rows_total, n, width, rank, b_in,
 def _forward_kernel(x_ptr, w1_ptr, w2_ptr, y_ptr, rows_total, n, m, blocks, rank, b_in, b_out,
                     BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_O: tl.constexpr,
                     PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·n may pass 2³¹
     t = tl.arange(0, BLOCK_T)
     width = blocks * rank
     h = _x_times_s1(x_ptr, w1_ptr, rows, t, rows_total, n, width, rank, b_in, BLOCK_M, BLOCK_T, BLOCK_C, PRECISION)
@@ -105,7 +106,7 @@ def _forward_kernel(x_ptr, w1_ptr, w2_ptr, y_ptr, rows_total, n, m, blocks, rank
 def _backward_input_kernel(dy_ptr, x_ptr, w1_ptr, w2_ptr, dx_ptr, h_ptr, g_ptr, rows_total, n, m, blocks, rank,
                            b_in, b_out, BLOCK_M: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
                            BLOCK_O: tl.constexpr, PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # M·n may pass 2³¹
     t = tl.arange(0, BLOCK_T)
     width = blocks * rank
     row_mask = rows[:, None] < rows_total
@@ -135,7 +136,7 @@ def _gathered_at_b_kernel(left_ptr, right_ptr, out_ptr, rows_total, rows_per_gro
                           PRECISION: tl.constexpr):
     """``out[grp, k, a, b] = Σ_{rows of grp} left[row, k·lbs + a·las] · right[row, k·rbs + b·rbb]`` (float32)."""
     tile = tl.program_id(0)
-    group = tl.program_id(1)
+    group = tl.program_id(1).to(tl.int64)  # per-group outputs may pass 2³¹ entries
     tiles_per_block = tiles_a * tiles_b
     k = tile // tiles_per_block
     a = (tile % tiles_per_block) // tiles_b * BLOCK_A + tl.arange(0, BLOCK_A)
@@ -146,7 +147,7 @@ def _gathered_at_b_kernel(left_ptr, right_ptr, out_ptr, rows_total, rows_per_gro
     stop = tl.minimum(start + rows_per_group, rows_total)
     acc = tl.zeros((BLOCK_A, BLOCK_B), dtype=tl.float32)
     for r0 in range(start, stop, BLOCK_M):
-        rows = r0 + tl.arange(0, BLOCK_M)
+        rows = (r0 + tl.arange(0, BLOCK_M)).to(tl.int64)
         in_rows = rows < stop
         lt = tl.load(left_ptr + rows[:, None] * left_cols + left_col[None, :],
                      mask=in_rows[:, None] & (a[None, :] < size_a), other=0.0)
@@ -219,6 +220,13 @@ def backward(dy2: torch.Tensor, x2: torch.Tensor, w1: torch.Tensor, w2: torch.Te
 
 def _gathered_at_b(left, right, rows, per_group, splits, blocks, size_a, size_b, left_strides, right_strides,
                    precision):
+    """``[splits, blocks, size_a, size_b]`` float32 weight gradients, one per consecutive row group."""
+    if splits > _MAX_GRID_Y:  # CUDA's second grid dimension: launch groups in chunks (rows are consecutive)
+        step = _MAX_GRID_Y * per_group
+        return torch.cat([_gathered_at_b(left[r0:r0 + step], right[r0:r0 + step], min(step, rows - r0), per_group,
+                                         min(_MAX_GRID_Y, splits - r0 // per_group), blocks, size_a, size_b,
+                                         left_strides, right_strides, precision)
+                          for r0 in range(0, rows, step)])
     out = torch.empty(splits, blocks, size_a, size_b, dtype=torch.float32, device=left.device)
     if rows == 0:
         return out.zero_()
