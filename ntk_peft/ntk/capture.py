@@ -53,6 +53,12 @@ class Record:
         return out.index_put_((self.example, torch.arange(tokens, device=out.device)),
                               torch.ones((), dtype=torch.float64, device=out.device))
 
+    @functools.cached_property
+    def starts(self) -> list[int]:
+        """n + 1 offsets: example i owns packed positions ``starts[i]:starts[i + 1]`` (positions are in example order)."""
+        bounds = torch.searchsorted(self.example, torch.arange(self.size + 1, device=self.example.device))
+        return bounds.tolist()
+
     def packed(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(inputs [N, d_in], grads [C, N, d_out], example [N])`` in the recorded dtype."""
         return self.packed_inputs, self.packed_grads, self.example

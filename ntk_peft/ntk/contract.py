@@ -34,20 +34,68 @@ def dense_kernel(jac1: torch.Tensor, jac2: torch.Tensor, chunk: int = 1 << 22, *
     return total
 
 
-def choose_linear_method(rec1: Record, rec2: Record, method: str = "auto") -> str:
-    """``gram`` or ``materialise`` for one Linear layer, by operation count when ``auto``.
+# Measured on 2 CPU cores (benchmarks/bench_contract.py): the per-example GEMMs of ``reduced``
+# (inner dimension = one example's tokens) run at about 40% of the token Gram's speed.
+REDUCED_SLOWDOWN = 2.5
+LINEAR_METHODS = ("auto", "gram", "reduced", "materialise")
 
-    On packed real tokens (N1, N2 of them): ``gram`` costs ~ N1·N2·(d_in + C²·d_out),
-    ``materialise`` ~ C·(N1 + N2)·d_in·d_out + n1·n2·C²·d_in·d_out.
+
+def choose_linear_method(rec1: Record, rec2: Record, method: str = "auto") -> str:
+    """``gram``, ``reduced`` or ``materialise`` for one Linear layer, by operation count when ``auto``.
+
+    On packed real tokens (N1, N2 of them; n1, n2 examples; C1, C2 classes):
+    ``gram`` costs ~ N1·N2·(d_in + C1·C2·d_out), ``reduced`` ~ N1·N2·(d_in + C2·d_out)
+    + C1·C2·N1·n2·d_out at lower speed (weighted by `REDUCED_SLOWDOWN`; it wins from
+    C = 3 on), ``materialise`` ~ C·(N1 + N2)·d_in·d_out + n1·n2·C1·C2·d_in·d_out.
     """
     if method != "auto":
         return method
-    classes, tokens1, d_out = rec1.packed_grads.shape
+    classes1, tokens1, d_out = rec1.packed_grads.shape
+    classes2 = rec2.packed_grads.shape[0]
     tokens2, d_in = rec2.packed_inputs.shape[0], rec1.packed_inputs.shape[1]
-    gram = tokens1 * tokens2 * (d_in + classes * classes * d_out)
-    materialise = (classes * (tokens1 + tokens2) * d_in * d_out
-                   + rec1.size * rec2.size * classes * classes * d_in * d_out)
-    return "gram" if gram < materialise else "materialise"
+    small, large = sorted((rec1.size * tokens2, rec2.size * tokens1))
+    costs = {
+        "gram": tokens1 * tokens2 * (d_in + classes1 * classes2 * d_out),
+        "reduced": tokens1 * tokens2 * d_in + REDUCED_SLOWDOWN * d_out * (
+            tokens1 * tokens2 * max(classes1, classes2) + classes1 * classes2 * small),
+        "materialise": (classes1 * tokens1 + classes2 * tokens2) * d_in * d_out
+        + rec1.size * rec2.size * classes1 * classes2 * d_in * d_out,
+    }
+    return min(costs, key=costs.get)
+
+
+def reduced_linear_kernel(inputs: torch.Tensor, grads1: torch.Tensor, grads2: torch.Tensor,
+                          starts2: list[int], chunk_bytes: int = 4 << 20) -> torch.Tensor:
+    """Σ_{t, t'∈j} S[t, t'] (g1[c, t] · g2[d, t']) per token t of side 1 and example j of side 2.
+
+    The input Gram is applied to side 2's gradients example by example first,
+    H_j = S[:, j]·G2_j (``[N1, C2·D]``), so the class pairs meet only in a
+    per-token C1×C2 reduction: ~ C2·N1·N2·D + C1·C2·N1·n2·D operations instead of
+    the token Gram's C1·C2·N1·N2·D. Side-1 tokens go in chunks whose H fits in cache.
+
+    Args:
+        inputs: S ``[N1, N2]``, the input Gram A1·A2ᵀ.
+        grads1: ``[C1, N1, D]``; grads2: ``[C2, N2, D]``.
+        starts2: n2 + 1 token offsets: example j of side 2 owns tokens starts2[j]:starts2[j+1].
+
+    Returns:
+        ``[N1, C1, n2, C2]`` in the inputs' dtype (sum over side 1's tokens per example to finish).
+    """
+    classes1, tokens1, width = grads1.shape
+    classes2 = grads2.shape[0]
+    examples2 = len(starts2) - 1
+    per_token = grads1.permute(1, 0, 2).contiguous()  # [N1, C1, D]
+    stacked2 = grads2.permute(1, 0, 2).reshape(grads2.shape[1], classes2 * width)  # [N2, C2·D]
+    out = inputs.new_empty(tokens1, classes1, examples2, classes2)
+    chunk = max(16, chunk_bytes // (classes2 * width * inputs.element_size()))
+    for first in range(0, tokens1, chunk):
+        last = min(tokens1, first + chunk)
+        for j in range(examples2):
+            a, b = starts2[j], starts2[j + 1]
+            projected = inputs[first:last, a:b] @ stacked2[a:b]  # [chunk, C2·D]
+            out[first:last, :, j, :] = torch.bmm(per_token[first:last],
+                                                 projected.view(last - first, classes2, width).transpose(1, 2))
+    return out
 
 
 class LinearKernelSum:
@@ -58,6 +106,9 @@ class LinearKernelSum:
     summed first and reduced to examples once; the input Gram A1·A2ᵀ is
     computed once for layers reading the same tensor (q, k, v; gate, up); the
     C² output Grams are one GEMM of the class-stacked gradients.
+    ``reduced`` layers (many classes): layers reading the same tensor are
+    stacked along d_out and contracted by `reduced_linear_kernel`, whose
+    per-token C×C results are summed over layers, then over side 1's tokens.
     ``materialise`` layers form each example's ∂f_c/∂W = Σ_t g_t a_tᵀ.
 
     Precision: the Grams (and materialised gradients) run in the recorded
@@ -67,15 +118,17 @@ class LinearKernelSum:
     """
 
     def __init__(self, method: str = "auto"):
-        if method not in ("auto", "gram", "materialise"):
-            raise ValueError(f"unknown Linear contraction method {method!r}")
+        if method not in LINEAR_METHODS:
+            raise ValueError(f"unknown Linear contraction method {method!r}; valid: {', '.join(LINEAR_METHODS)}")
         self.method = method
         self._input_grams: dict[tuple[int, int], torch.Tensor] = {}
         self._tokens: dict[tuple[int, int], tuple[Record, Record, torch.Tensor]] = {}
+        self._reduced: dict[tuple[int, int], list[tuple[Record, Record]]] = {}
         self._dense: torch.Tensor | None = None
 
     def add(self, rec1: Record, rec2: Record) -> None:
-        if choose_linear_method(rec1, rec2, self.method) == "materialise":
+        method = choose_linear_method(rec1, rec2, self.method)
+        if method == "materialise":
             m1 = per_example_weight_grads(rec1)
             part = dense_kernel(m1, m1 if rec2 is rec1 else per_example_weight_grads(rec2), input_precision=True)
             self._dense = part if self._dense is None else self._dense + part
@@ -83,9 +136,10 @@ class LinearKernelSum:
         a1, g1 = rec1.packed_inputs, rec1.packed_grads
         a2, g2 = rec2.packed_inputs, rec2.packed_grads
         key = (id(a1), id(a2))
-        if key not in self._input_grams:
-            self._input_grams[key] = a1 @ a2.T
-        inputs = self._input_grams[key]  # [N1, N2]
+        if method == "reduced":  # deferred: layers reading the same tensors are stacked in `result`
+            self._reduced.setdefault(key, []).append((rec1, rec2))
+            return
+        inputs = self._input_gram(a1, a2)  # [N1, N2]
         classes1, tokens1, _ = g1.shape
         classes2, tokens2, _ = g2.shape
         flat1 = g1.reshape(classes1 * tokens1, -1)
@@ -97,11 +151,35 @@ class LinearKernelSum:
                                                             device=product.device))
         self._tokens[layout][2].add_(product)
 
+    def _input_gram(self, a1: torch.Tensor, a2: torch.Tensor) -> torch.Tensor:
+        key = (id(a1), id(a2))
+        if key not in self._input_grams:
+            self._input_grams[key] = a1 @ a2.T
+        return self._input_grams[key]
+
     def result(self, n1: int, n2: int, classes1: int, classes2: int) -> torch.Tensor:
         """``[n1, n2, C, C]`` float64."""
         total = torch.zeros(n1, n2, classes1, classes2, dtype=torch.float64)
         for rec1, rec2, tokens in self._tokens.values():
             total += torch.einsum("it,ctds,js->ijcd", rec1.membership, tokens, rec2.membership)
+        per_token: dict[tuple[int, int], tuple[Record, Record, torch.Tensor]] = {}
+        for pairs in self._reduced.values():
+            rec1, rec2 = pairs[0]
+            inputs = self._input_gram(rec1.packed_inputs, rec2.packed_inputs)
+            grads1 = torch.cat([r1.packed_grads for r1, _ in pairs], dim=-1) if len(pairs) > 1 else rec1.packed_grads
+            grads2 = torch.cat([r2.packed_grads for _, r2 in pairs], dim=-1) if len(pairs) > 1 else rec2.packed_grads
+            if rec2.size * grads1.shape[1] <= rec1.size * grads2.shape[1]:  # reduce per example of side 2
+                part, side, other = reduced_linear_kernel(inputs, grads1, grads2, rec2.starts), rec1, rec2
+                layout = (id(rec1.example), id(rec2.example), 1)
+            else:  # cheaper the other way round: per example of side 1, mirrored at the end
+                part, side, other = reduced_linear_kernel(inputs.T, grads2, grads1, rec1.starts), rec2, rec1
+                layout = (id(rec1.example), id(rec2.example), 2)
+            if layout not in per_token:
+                per_token[layout] = (side, other, torch.zeros(part.shape, dtype=torch.float64))
+            per_token[layout][2].add_(part)
+        for layout, (side, _, tokens) in per_token.items():
+            reduced = torch.einsum("it,tcjd->ijcd", side.membership, tokens)  # [n_side, n_other, C_side, C_other]
+            total += reduced if layout[2] == 1 else reduced.permute(1, 0, 3, 2)
         if self._dense is not None:
             total += self._dense
         return total

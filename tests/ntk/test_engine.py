@@ -65,7 +65,7 @@ def test_every_implementation_matches_brute_force(setups, name, spec):
 
 
 @pytest.mark.parametrize("name", MODELS)
-@pytest.mark.parametrize("method", ["gram", "materialise"])
+@pytest.mark.parametrize("method", ["gram", "reduced", "materialise"])
 def test_both_linear_contractions_agree(setups, name, method):
     model, batch1, batch2 = setups[name]
     auto = empirical_ntk(model, batch1, batch2, subsets=["full", "linear"])
