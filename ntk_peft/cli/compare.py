@@ -2,7 +2,7 @@
 
     ntk-compare --task sst2 --subset row1 [--subset col1 ...] [--k 16] [--seeds 13,21,42,87,100]
                 [--model M] [--solver klr|krr|svm] [--max-eval N] [--out DIR] [--data-dir D]
-                [--adapter-checkpoint RUN_DIR]
+                [--adapter-checkpoint RUN_DIR] [--eval-kernels]
 
 Prints accuracy mean (std) over seeds for K_full, each K_S and zero-shot, and
 the relative kernel differences (p = 1, 2); writes results.json, the kernels
@@ -61,6 +61,10 @@ def build_parser() -> Parser:
     parser.add_argument("--implementation", choices=("fast", "reference"), default="fast")
     parser.add_argument("--out", default=None, help="results folder (default runs/ntk-compare/<task>-<model>-k<k>)")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--eval-kernels", action="store_true",
+                        help="also compute and save the eval x train kernels and predict from them; by default the "
+                             "eval set is scored by projecting its gradients onto each fitted model's direction "
+                             "sum_i alpha_i df(x_i)/dtheta, the same predictions at a fraction of the cost")
     parser.add_argument("--no-figures", dest="figures", action="store_false")
     parser.add_argument("--adapter-checkpoint", default=None, metavar="DIR",
                         help="take the kernels at this fine-tuned point (an `ntk-peft train` run folder, its adapter/ "
@@ -75,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
-                          implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint)
+                          implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint,
+                          eval_kernels=args.eval_kernels)
     out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k, args.adapter_checkpoint)
     if args.figures:
         from ntk_peft.plotting import kernel_heatmaps, kernel_spectra, load_train_kernels

@@ -1,5 +1,6 @@
 """End-to-end studies built from the other subpackages (tasks → models → ntk → solvers → analysis)."""
 
-from ntk_peft.experiments.compare import default_out, format_table, run_compare, run_seed
+from ntk_peft.experiments.compare import default_out, fit_seed, format_table, run_compare, score_with_kernels
+from ntk_peft.experiments.projections import score_with_projections
 
-__all__ = ["default_out", "format_table", "run_compare", "run_seed"]
+__all__ = ["default_out", "fit_seed", "format_table", "run_compare", "score_with_kernels", "score_with_projections"]

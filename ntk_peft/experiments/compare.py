@@ -26,6 +26,7 @@ from ntk_peft.adapters import fold_adapter, parse_spec
 from ntk_peft.analysis import effective_rank, kernel_distance, relative_difference
 from ntk_peft.errors import UserError
 from ntk_peft.experiments.checkpoint import resolve_checkpoint
+from ntk_peft.experiments.projections import score_with_projections
 from ntk_peft.ntk import CrossJob, KernelStore, batches_hash, kernel_blocks, model_hash, shared_cross_blocks
 from ntk_peft.solvers import make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
@@ -71,6 +72,7 @@ class SeedPlan:
     batches: dict[str, list[dict]]  # "train" | "dev" | "eval" -> prompt blocks
     folder: Path
     store: KernelStore
+    block_size: int = 16
 
 
 def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k: int, seed: int, out: Path, *,
@@ -98,84 +100,103 @@ def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k:
             "inputs_hash": batches_hash([b for part in ("train", "dev", "eval") for b in batches[part]]),
             "versions": {"ntk_peft": ntk_peft.__version__, "torch": torch.__version__,
                          "transformers": __import__("transformers").__version__}}
-    return SeedPlan(seed, train, split.dev, evaluation, eval_order, batches, folder, KernelStore(folder, meta))
+    return SeedPlan(seed, train, split.dev, evaluation, eval_order, batches, folder, KernelStore(folder, meta),
+                    block_size)
 
 
-def run_seed(model, tokenizer, model_name: str, task: str, subsets: list[str], k: int, seed: int, out: Path, *,
-             solver: str = "klr", lam: float | None = None, offset: bool = True, max_eval: int | None = None,
-             data_dir=None, block_size: int = 16, implementation: str = "fast", prompt: dict | None = None,
-             progress: bool = True, plan: SeedPlan | None = None, shared_f0: dict | None = None,
-             kernels_0: dict | None = None) -> dict:
-    """One seed of the study; kernels and f0 are cached under ``out/seed-<seed>``.
+@dataclass
+class SeedFit:
+    """One seed after its train and dev kernels: fitted kernel models, ready to score the evaluation set."""
 
-    ``plan`` reuses a `plan_seed` result (whose store may already hold the kernels);
+    plan: SeedPlan
+    f0: dict[str, torch.Tensor]  # "train" | "dev" | "eval" -> [n, C] label logits (eval in data order)
+    models: dict  # kernel name -> fitted estimator
+    result: dict  # the per-seed results.json entry, without the eval accuracies
+    offset: bool
+
+
+def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, solver: str = "klr",
+             lam: float | None = None, offset: bool = True, implementation: str = "fast", prompt: dict | None = None,
+             progress: bool = True, shared_f0: dict | None = None, kernels_0: dict | None = None) -> SeedFit:
+    """f0, the train and dev kernels (cached in the seed's store) and one solver per kernel, λ picked on dev.
+
     ``shared_f0`` carries the eval set's f0 from one seed to the next (it does not depend on the seed);
     ``kernels_0`` (name -> train kernel at another point, e.g. pretrained) adds ``kernel_distance``.
     """
     prompt = prompt or {}
     spec = get_task(task)
-    names = ["full", *[s for s in subsets if s != "full"]]
-    plan = plan or plan_seed(model, tokenizer, model_name, task, names, k, seed, out, max_eval=max_eval,
-                             data_dir=data_dir, block_size=block_size, implementation=implementation, prompt=prompt)
-    train, evaluation, eval_order, batches, folder, store = (plan.train, plan.evaluation, plan.eval_order,
-                                                             plan.batches, plan.folder, plan.store)
     shared_f0 = {} if shared_f0 is None else shared_f0
     timing = {}
     start = time.perf_counter()
-    f0_path = folder / "f0.safetensors"
+    f0_path = plan.folder / "f0.safetensors"
     if f0_path.is_file():
         from safetensors.torch import load_file
 
         f0 = load_file(str(f0_path))
     else:
-        f0 = {part: predict_logits(model, tokenizer, spec, examples, block_size, progress=progress, **prompt)
-              for part, examples in (("train", train), ("dev", plan.dev))}
+        f0 = {part: predict_logits(model, tokenizer, spec, examples, plan.block_size, progress=progress, **prompt)
+              for part, examples in (("train", plan.train), ("dev", plan.dev))}
         if "eval" not in shared_f0:
-            shared_f0["eval"] = predict_logits(model, tokenizer, spec, evaluation, block_size, progress=progress,
-                                               **prompt)
+            shared_f0["eval"] = predict_logits(model, tokenizer, spec, plan.evaluation, plan.block_size,
+                                               progress=progress, **prompt)
         f0["eval"] = shared_f0["eval"]
         _save_tensors(f0_path, f0)
     timing["f0_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    common = dict(subsets=names, implementation=implementation, store=store, progress=progress)
-    k_train = kernel_blocks(model, batches["train"], None, name="train", **common)
+    common = dict(subsets=names, implementation=implementation, store=plan.store, progress=progress)
+    k_train = kernel_blocks(model, plan.batches["train"], None, name="train", **common)
     k_dev = {n: v.permute(1, 0, 3, 2) for n, v in
-             kernel_blocks(model, batches["train"], batches["dev"], name="dev", **common).items()}
-    restore = torch.from_numpy(np.argsort(eval_order))
-    k_eval = {n: v.permute(1, 0, 3, 2)[restore] for n, v in
-              kernel_blocks(model, batches["train"], batches["eval"], name="eval", **common).items()}
-    _save_tensors(folder / "train_kernels.safetensors",
+             kernel_blocks(model, plan.batches["train"], plan.batches["dev"], name="dev", **common).items()}
+    _save_tensors(plan.folder / "train_kernels.safetensors",
                   {**{f"K/{n}": v for n, v in k_train.items()},
-                   "labels": torch.tensor([e.label for e in train])})
-    _save_tensors(folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
-                  {**{f"K/{n}": v.contiguous() for n, v in k_eval.items()},
-                   "labels": torch.tensor([e.label for e in evaluation])})
-    timing["kernels_wall_s"] = time.perf_counter() - start  # this run only (0 when all blocks were stored)
-    timing["kernels_s"] = store.compute_seconds()  # recorded per block, over every run that computed them
+                   "labels": torch.tensor([e.label for e in plan.train])})
+    timing["train_dev_kernels_wall_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    y = {part: np.array([e.label for e in examples]) for part, examples in
-         (("train", train), ("dev", plan.dev), ("eval", evaluation))}
-    offsets = {part: (f0[part].numpy() if offset else None) for part in ("train", "dev", "eval")}
-    accuracy, lambdas, effective = {}, {}, {}
+    y_train = np.array([e.label for e in plan.train])
+    y_dev = np.array([e.label for e in plan.dev])
+    f0_train, f0_dev = (f0["train"].numpy(), f0["dev"].numpy()) if offset else (None, None)
+    models, lambdas, effective = {}, {}, {}
     for name in names:
-        kt, kd, ke = (k_train[name].numpy(), k_dev[name].numpy(), k_eval[name].numpy())
+        kt, kd = k_train[name].numpy(), k_dev[name].numpy()
         chosen = lam
         if chosen is None:
-            chosen, _ = select_lambda(solver, kt, y["train"], kd, y["dev"], offsets["train"], offsets["dev"])
-        fitted = make_solver(solver, chosen).fit(kt, y["train"], offsets["train"])
-        accuracy[name] = float(np.mean(fitted.predict(ke, offsets["eval"]) == y["eval"]))
+            chosen, _ = select_lambda(solver, kt, y_train, kd, y_dev, f0_train, f0_dev)
+        models[name] = make_solver(solver, chosen).fit(kt, y_train, f0_train)
         lambdas[name] = float(chosen)
         effective[name] = effective_rank(kt)
-    accuracy["zeroshot"] = float(np.mean(f0["eval"].argmax(1).numpy() == y["eval"]))
     timing["solver_s"] = time.perf_counter() - start
     differences = {n: {"p1": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 1),
                        "p2": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 2)}
                    for n in names if n != "full"}
-    result = {"seed": seed, "accuracy": accuracy, "relative_difference": differences, "lambda": lambdas,
-              "effective_rank": effective, "n_train": len(train), "n_eval": len(evaluation), "timing_s": timing}
+    result = {"seed": plan.seed, "accuracy": {}, "relative_difference": differences, "lambda": lambdas,
+              "effective_rank": effective, "n_train": len(plan.train), "n_eval": len(plan.evaluation),
+              "timing_s": timing}
     if kernels_0 is not None:
         result["kernel_distance"] = {n: kernel_distance(kernels_0[n].numpy(), k_train[n].numpy()) for n in names}
-    return result
+    return SeedFit(plan, f0, models, result, offset)
+
+
+def eval_labels(fit: SeedFit) -> np.ndarray:
+    return np.array([e.label for e in fit.plan.evaluation])
+
+
+def score_with_kernels(model, fit: SeedFit, names: list[str], *, implementation: str = "fast",
+                       progress: bool = True) -> dict[str, float]:
+    """Eval accuracy per kernel from the eval×train kernels (computed or read from the seed's store;
+    saved in data order as ``eval_kernels.safetensors``)."""
+    plan = fit.plan
+    start = time.perf_counter()
+    restore = torch.from_numpy(np.argsort(plan.eval_order))
+    k_eval = {n: v.permute(1, 0, 3, 2)[restore] for n, v in
+              kernel_blocks(model, plan.batches["train"], plan.batches["eval"], names, implementation,
+                            store=plan.store, name="eval", progress=progress).items()}
+    _save_tensors(plan.folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
+                  {**{f"K/{n}": v.contiguous() for n, v in k_eval.items()},
+                   "labels": torch.tensor([e.label for e in plan.evaluation])})
+    fit.result["timing_s"]["eval_kernels_wall_s"] = time.perf_counter() - start
+    offsets = fit.f0["eval"].numpy() if fit.offset else None
+    return {n: float(np.mean(fit.models[n].predict(k_eval[n].numpy(), offsets) == eval_labels(fit)))
+            for n in names}
 
 
 def default_out(task: str, model_name: str, k: int, checkpoint: str | Path | None = None) -> Path:
@@ -191,12 +212,17 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 model_name: str = "smollm2-135m", solver: str = "klr", max_eval: int | None = None,
                 out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
-                prompt: dict | None = None, adapter_checkpoint: str | Path | None = None) -> dict:
+                prompt: dict | None = None, adapter_checkpoint: str | Path | None = None,
+                eval_kernels: bool = False) -> dict:
     """The whole study over seeds; writes ``results.json`` in ``out``.
 
     ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
     ``adapter_checkpoint``: take the kernels at this fine-tuned point (see `resolve_checkpoint`) and
     report each kernel's distance from the pretrained one on the train split.
+    ``eval_kernels``: also compute (and save) the eval×train kernels and predict from them. By default
+    the eval set is scored by projections onto each fitted model's parameter directions
+    (`score_with_projections`), the same predictions without the n_train·C kernel columns per example
+    (kernels are still used where a solver has no direction form: the multi-class SVM).
     """
     spec = get_task(task)
     for text in subsets:
@@ -231,14 +257,29 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
         model = fold_adapter(model, checkpoint.adapter_folder)
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
-    if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
-        shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], "eval") for p in plans],
-                            plans[0].batches["eval"], kernel_names, progress=progress)
     shared_f0: dict = {}
-    per_seed = [run_seed(model, tokenizer, model_name, spec.name, list(subsets), k, plan.seed, out, solver=solver,
-                         lam=lam, offset=offset, max_eval=max_eval, data_dir=data_dir, block_size=block_size,
-                         implementation=implementation, prompt=prompt, progress=progress, plan=plan,
-                         shared_f0=shared_f0, kernels_0=kernels_0.get(plan.seed)) for plan in plans]
+    fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,
+                     implementation=implementation, prompt=prompt, progress=progress, shared_f0=shared_f0,
+                     kernels_0=kernels_0.get(plan.seed)) for plan in plans]
+    by_projection = not eval_kernels and all(f.models[n].direction_weights() is not None
+                                             for f in fits for n in kernel_names)
+    timing = {}
+    if by_projection:  # K_eval·W as ⟨∂f(x)/∂θ_S, v⟩: one projection per seed and kernel, no eval kernel
+        accuracies, timing["projections_recorded"] = score_with_projections(
+            model, fits, kernel_names, out / "eval-projections", model_name=model_name,
+            implementation=implementation, progress=progress)
+    else:
+        if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
+            shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], "eval") for p in plans],
+                                plans[0].batches["eval"], kernel_names, progress=progress)
+        accuracies = [score_with_kernels(model, f, kernel_names, implementation=implementation, progress=progress)
+                      for f in fits]
+    per_seed = []
+    for fit, accuracy in zip(fits, accuracies):
+        fit.result["accuracy"] = {**accuracy, "zeroshot": float(np.mean(fit.f0["eval"].argmax(1).numpy()
+                                                                         == eval_labels(fit)))}
+        fit.result["timing_s"]["kernels_s"] = fit.plan.store.compute_seconds()
+        per_seed.append(fit.result)
     names = [*kernel_names, "zeroshot"]
     summary = {
         "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
@@ -249,10 +290,10 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
         summary["kernel_distance"] = {n: _summary([r["kernel_distance"][n] for r in per_seed]) for n in kernel_names}
     results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
                "subsets": [n for n in names if n != "zeroshot"], "offset_f0": offset, "max_eval": max_eval,
-               "adapter_checkpoint": described,
+               "adapter_checkpoint": described, "eval_predictions": "projections" if by_projection else "kernels",
                "per_seed": per_seed, "summary": summary,
                "timing_s": {"total": time.perf_counter() - started,
-                            "kernels_recorded": sum(r["timing_s"]["kernels_s"] for r in per_seed)}}
+                            "kernels_recorded": sum(r["timing_s"]["kernels_s"] for r in per_seed), **timing}}
     out.mkdir(parents=True, exist_ok=True)
     tmp = results_path.with_name("results.json.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")

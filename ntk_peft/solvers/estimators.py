@@ -10,6 +10,13 @@ pretrained model's label logits (offset; default on in ``ntk-compare``).
 - `KernelSVMClassifier` (``svm``): scikit-learn's ``SVC(kernel="precomputed")``
   on the logit-difference kernel (2 classes) or the trace over outputs
   (C > 2); f0 is not used.
+
+Every decision function is linear in the evaluation kernel. `direction_weights`
+gives W ``[n, C, S]`` such that the decision depends on K_eval only through
+P[j, d, s] = Σ_{i,c} K_eval[j, i, d, c]·W[i, c, s], and
+`decision_from_projections(P, f0)` finishes it; P is what
+`ntk_peft.ntk.directions.project_directions` computes without forming K_eval
+(None where no small W exists: the multi-class SVM).
 """
 
 from __future__ import annotations
@@ -40,6 +47,31 @@ class _KernelClassifier(ClassifierMixin, BaseEstimator):
     def predict_proba(self, kernel, f0=None):
         return softmax(self.decision_function(kernel, f0), axis=1)
 
+    def direction_weights(self) -> np.ndarray | None:
+        """W ``[n_train, C, S]`` (see the module docstring), or None."""
+        return None
+
+    def decision_from_projections(self, projections, f0=None) -> np.ndarray:
+        """The decision function ``[m, C]`` from P ``[m, C, S]`` = K_eval contracted with `direction_weights`."""
+        raise NotImplementedError(f"{type(self).__name__} predicts from kernels only")
+
+    def predict_from_projections(self, projections, f0=None) -> np.ndarray:
+        return np.argmax(self.decision_from_projections(projections, f0), axis=1)
+
+
+def _offset(f0, m: int, classes: int) -> np.ndarray:
+    return np.zeros((m, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+
+
+def _split_shift(shift: np.ndarray) -> np.ndarray:
+    """A logit-difference shift split symmetrically over two logits: ``[m, 2]``."""
+    return np.stack([-shift / 2, shift / 2], axis=1)
+
+
+def _difference_weights(coefficients: np.ndarray) -> np.ndarray:
+    """W for the logit-difference kernel: row i is coefficient_i·(−1, +1), ``[n, 2, 1]``."""
+    return np.stack([-coefficients, coefficients], axis=1)[..., None]
+
 
 class KernelLogisticRegression(_KernelClassifier):
     """Kernel logistic regression (binary for 2 classes, else softmax)."""
@@ -56,6 +88,17 @@ class KernelLogisticRegression(_KernelClassifier):
     def decision_function(self, kernel, f0=None):
         return klr_logits(self._check(kernel, False), self.fit_["alpha"], self.fit_["mode"], f0)
 
+    def direction_weights(self) -> np.ndarray:
+        alpha = self.fit_["alpha"]
+        return _difference_weights(alpha) if self.fit_["mode"] == "binary" else alpha[..., None]
+
+    def decision_from_projections(self, projections, f0=None) -> np.ndarray:
+        projections = np.asarray(projections, dtype=np.float64)
+        m, classes, _ = projections.shape
+        if self.fit_["mode"] == "binary":
+            return _offset(f0, m, classes) + _split_shift(projections[:, 1, 0] - projections[:, 0, 0])
+        return _offset(f0, m, classes) + projections[:, :, 0]
+
 
 class KernelRidgeClassifier(_KernelClassifier):
     """Kernel ridge regression on one-hot targets (offset by f0)."""
@@ -67,7 +110,7 @@ class KernelRidgeClassifier(_KernelClassifier):
         kernel = self._check(kernel, True)
         n, _, classes, _ = kernel.shape
         self.classes_ = np.arange(classes)
-        f0 = np.zeros((n, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+        f0 = _offset(f0, n, classes)
         targets = np.eye(classes)[np.asarray(y)] - f0
         system = flat_kernel(kernel) + self.lam * np.eye(n * classes)
         self.alpha_ = np.linalg.solve(system, targets.reshape(-1))
@@ -76,8 +119,15 @@ class KernelRidgeClassifier(_KernelClassifier):
     def decision_function(self, kernel, f0=None):
         kernel = self._check(kernel, False)
         m, _, classes, _ = kernel.shape
-        f0 = np.zeros((m, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+        f0 = _offset(f0, m, classes)
         return f0 + (flat_kernel(kernel) @ self.alpha_).reshape(m, classes)
+
+    def direction_weights(self) -> np.ndarray:
+        return self.alpha_.reshape(-1, len(self.classes_))[..., None]
+
+    def decision_from_projections(self, projections, f0=None) -> np.ndarray:
+        projections = np.asarray(projections, dtype=np.float64)
+        return _offset(f0, projections.shape[0], projections.shape[1]) + projections[:, :, 0]
 
 
 def scalar_kernel(kernel: np.ndarray) -> np.ndarray:
@@ -95,6 +145,7 @@ class KernelSVMClassifier(_KernelClassifier):
         kernel = self._check(kernel, True)
         self.classes_ = np.arange(kernel.shape[2])
         self.svc_ = SVC(kernel="precomputed", C=1.0 / self.lam).fit(scalar_kernel(kernel), np.asarray(y))
+        self.n_train_ = kernel.shape[0]
         return self
 
     def decision_function(self, kernel, f0=None):
@@ -105,6 +156,20 @@ class KernelSVMClassifier(_KernelClassifier):
         out = np.full((kernel.shape[0], len(self.classes_)), -np.inf)
         out[:, self.svc_.classes_] = scores
         return out
+
+    def direction_weights(self) -> np.ndarray | None:
+        """Binary only: scikit-learn's decision is Σ_k dual_coef_[k]·K_b(x, x_support_k) + intercept_."""
+        if len(self.classes_) != 2 or len(self.svc_.classes_) != 2:
+            return None
+        coefficients = np.zeros(self.n_train_)
+        coefficients[self.svc_.support_] = self.svc_.dual_coef_[0]
+        return _difference_weights(coefficients)
+
+    def decision_from_projections(self, projections, f0=None) -> np.ndarray:
+        if self.direction_weights() is None:
+            raise NotImplementedError("the multi-class SVM predicts from kernels only")
+        projections = np.asarray(projections, dtype=np.float64)
+        return _split_shift(projections[:, 1, 0] - projections[:, 0, 0] + self.svc_.intercept_[0])
 
 
 SOLVERS = {"klr": KernelLogisticRegression, "krr": KernelRidgeClassifier, "svm": KernelSVMClassifier}

@@ -9,6 +9,7 @@ import pytest
 
 from ntk_peft.cli import compare
 from ntk_peft.cli.common import run_cli
+from ntk_peft.experiments import run_compare
 
 
 def _run(capsys, *argv):
@@ -31,6 +32,7 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
         assert 0 <= seed_result["relative_difference"]["row1"]["p2"] <= 2
         assert set(seed_result["lambda"]) == {"full", "row1", "lora1"}
     assert set(results["summary"]["accuracy"]["full"]) == {"mean", "std"}
+    assert results["eval_predictions"] == "projections" and results["timing_s"]["projections_recorded"] > 0
     assert (tmp_path / "figures" / "kernel_heatmaps.png").stat().st_size > 10_000
     assert (tmp_path / "figures" / "kernel_spectra.png").stat().st_size > 10_000
     from ntk_peft.plotting import figure_script
@@ -38,11 +40,12 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
     for kind in ("heatmaps", "spectra"):  # the figures/ scripts redraw from the folder alone
         redrawn = figure_script(kind, [str(tmp_path), "--seed", "21", "--out", str(tmp_path / f"{kind}-21.png")])
         assert redrawn.stat().st_size > 10_000
-    blocks = sorted(p.name for p in (tmp_path / "seed-13" / "blocks").iterdir())
-    mtimes = {p: (tmp_path / "seed-13" / "blocks" / p).stat().st_mtime_ns for p in blocks}
+    blocks = sorted(p for p in tmp_path.glob("**/blocks/*.safetensors"))
+    assert any("eval-projections" in str(p) for p in blocks) and any("seed-13" in str(p) for p in blocks)
+    mtimes = {p: p.stat().st_mtime_ns for p in blocks}
     code, _, err = _run(capsys, *argv)  # rerun: every block is read back, none rewritten
     assert code == 0, err
-    assert {p: (tmp_path / "seed-13" / "blocks" / p).stat().st_mtime_ns for p in blocks} == mtimes
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.glob("**/blocks/*.safetensors")} == mtimes
     again = json.loads((tmp_path / "results.json").read_text())["per_seed"]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "timing_s"} for r in rows]  # noqa: E731
     assert strip(again) == strip(results["per_seed"])
@@ -54,12 +57,13 @@ def test_eval_kernel_is_in_data_order_though_blocked_by_length(tmp_path):
     from safetensors.torch import load_file
 
     from ntk_peft import load_model
-    from ntk_peft.experiments.compare import run_seed
     from ntk_peft.ntk import empirical_ntk
     from ntk_peft.tasks import load_split, make_batch
 
-    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=1)
-    run_seed(model, tok, "tiny-llama", "sst2", ["row1"], 4, 13, tmp_path, max_eval=9, block_size=4, progress=False)
+    results = run_compare("sst2", ["row1"], k=4, seeds=[13], model_name="tiny-llama", max_eval=9, out=tmp_path,
+                          block_size=4, progress=False, eval_kernels=True)
+    assert results["eval_predictions"] == "kernels"
+    model, tok = load_model("tiny-llama")
     saved = load_file(str(tmp_path / "seed-13" / "eval_kernels.safetensors"))
     split = load_split("sst2", 4, 13)
     train = sorted(split.train, key=lambda e: e.label)
@@ -71,7 +75,41 @@ def test_eval_kernel_is_in_data_order_though_blocked_by_length(tmp_path):
     direct = empirical_ntk(model, make_batch(tok, "sst2", evaluation), make_batch(tok, "sst2", train),
                            subsets=["full", "row1"])
     for name in ("full", "row1"):
-        assert (saved[f"K/{name}"] - direct[name]).abs().max() <= 1e-10 * direct[name].abs().max()
+        assert (saved[f"K/{name}"] - direct[name]).abs().max() <= 1e-6 * direct[name].abs().max()
+
+
+@pytest.mark.parametrize("task,solver", [("sst2", "klr"), ("sst2", "svm"), ("mnli", "klr"), ("mnli", "krr")])
+def test_projections_score_exactly_as_the_eval_kernels(tmp_path, task, solver):
+    """Same fits, two ways to the eval decisions: P = K_eval·W from the stored blocks, and equal accuracies."""
+    import torch
+
+    from ntk_peft import load_model
+    from ntk_peft.experiments.compare import fit_seed, plan_seed, score_with_kernels
+    from ntk_peft.experiments.projections import score_with_projections
+
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    names = ["full", "row1", "lora1"]
+    plans = [plan_seed(model, tok, "tiny-llama", task, names, 4, seed, tmp_path, max_eval=10, block_size=4)
+             for seed in (13, 21)]
+    fits = [fit_seed(model, tok, task, names, plan, solver=solver, progress=False) for plan in plans]
+    by_projection, _ = score_with_projections(model, fits, names, tmp_path / "projections",
+                                              model_name="tiny-llama", progress=False)
+    by_kernel = [score_with_kernels(model, fit, names, progress=False) for fit in fits]
+    assert by_projection == by_kernel
+    from safetensors.torch import load_file
+
+    folder = next((tmp_path / "projections").iterdir())
+    blocks = [load_file(str(p)) for p in sorted((folder / "blocks").iterdir(), key=lambda p: int(p.stem.split("-")[2]))]
+    restore = torch.from_numpy(np.argsort(plans[0].eval_order))
+    for name in names:
+        projections = torch.cat([b[f"P/{name}"] for b in blocks])[restore]
+        for k, fit in enumerate(fits):
+            k_eval = load_file(str(fit.plan.folder / "eval_kernels.safetensors"))[f"K/{name}"]
+            weights = torch.from_numpy(fit.models[name].direction_weights())
+            expected = torch.einsum("jidc,ics->jds", k_eval, weights)
+            terms = torch.einsum("jidc,ics->jds", k_eval.abs(), weights.abs())  # the sum's scale before cancelling
+            # tiny-llama's RMSNorm runs in float32 (see tests/ntk/test_directions.py)
+            assert ((projections[..., k : k + 1] - expected).abs() <= 1e-6 * terms).all()
 
 
 @pytest.mark.parametrize("argv,match", [

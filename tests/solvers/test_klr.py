@@ -114,3 +114,35 @@ def test_lambda_selection_and_bad_input():
         fit_klr(kernel, y, 1.0, mode="binary")
     with pytest.raises(UserError, match="must be square"):
         KernelLogisticRegression().fit(kernel[:, :5], y)
+
+
+@pytest.mark.parametrize("cls,classes,mode", [
+    (KernelLogisticRegression, 2, "auto"), (KernelLogisticRegression, 2, "softmax"),
+    (KernelLogisticRegression, 4, "auto"), (KernelRidgeClassifier, 2, None), (KernelRidgeClassifier, 3, None),
+    (KernelSVMClassifier, 2, None),
+])
+def test_decisions_from_direction_projections_equal_the_kernel_decisions(cls, classes, mode):
+    """P = K_eval contracted with the direction weights carries everything the decision needs."""
+    rng = np.random.default_rng(4)
+    jac = rng.normal(size=(20, classes, 6))
+    kernel = np.einsum("icp,jdp->ijcd", jac, jac)
+    y = rng.integers(0, classes, size=14)
+    y[:classes] = np.arange(classes)
+    f0 = rng.normal(size=(20, classes)) * 0.3
+    model = cls(lam=0.05) if mode is None else cls(lam=0.05, mode=mode)
+    model.fit(kernel[:14, :14], y, f0[:14])
+    k_eval = kernel[14:, :14]
+    weights = model.direction_weights()
+    projections = np.einsum("jidc,ics->jds", k_eval, weights)
+    expected = model.decision_function(k_eval, f0[14:])
+    got = model.decision_from_projections(projections, f0[14:])
+    assert np.abs(got - expected).max() <= 1e-10 * np.abs(expected).max()
+    assert (model.predict_from_projections(projections, f0[14:]) == model.predict(k_eval, f0[14:])).all()
+
+
+def test_multiclass_svm_has_no_direction_weights():
+    kernel, y, f0 = _problem(n=12, classes=3)
+    model = KernelSVMClassifier(lam=0.1).fit(kernel, y)
+    assert model.direction_weights() is None
+    with pytest.raises(NotImplementedError):
+        model.decision_from_projections(np.zeros((2, 3, 1)))

@@ -1,0 +1,103 @@
+"""Scoring the evaluation set of every seed by projections, without eval×train kernels.
+
+Each fitted kernel model predicts through K_eval·W (`direction_weights`), and
+K_eval·W = ⟨∂f(x)/∂θ_S, v⟩ with v = Σ W·∂f(x_i)/∂θ_S over the seed's training
+prompts (`ntk_peft.ntk.directions`). The seeds share the evaluation set, so
+each evaluation block is recorded once and projected onto every seed's
+direction of every kernel at once. Blocks are kept in a `KernelStore` under a
+folder named by a hash of the directions' weights, so an interrupted run
+resumes, and different fits never share stale projections.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import ntk_peft
+from ntk_peft.ntk import KernelStore, batches_hash, capture, model_hash, parse_subsets, subset_params
+from ntk_peft.ntk.directions import project_directions, reference_projection, subset_directions
+from ntk_peft.ntk.store import tensor_hash
+
+
+def _weights(fits, names: list[str]) -> dict[str, list[torch.Tensor]]:
+    """Kernel name -> per seed W ``[n_train, C, S]`` (float64)."""
+    return {n: [torch.from_numpy(np.ascontiguousarray(f.models[n].direction_weights())) for f in fits] for n in names}
+
+
+def _store(folder: Path, model, model_name: str, fits, names: list[str], weights, eval_batches) -> KernelStore:
+    train_hashes = [batches_hash(f.plan.batches["train"]) for f in fits]
+    digest = hashlib.sha256((tensor_hash([w for n in names for w in weights[n]]) + "".join(train_hashes))
+                            .encode()).hexdigest()
+    meta = {"model": model_name, "model_hash": model_hash(model), "subsets": names,
+            "seeds": [f.plan.seed for f in fits], "inputs_hash": batches_hash(eval_batches),
+            "train_inputs_hashes": train_hashes, "directions_hash": digest,
+            "block_size": fits[0].plan.block_size,
+            "versions": {"ntk_peft": ntk_peft.__version__, "torch": torch.__version__}}
+    return KernelStore(folder / digest[:16], meta)
+
+
+def score_with_projections(model, fits, names: list[str], folder: Path, *, model_name: str,
+                           implementation: str = "fast", targets="all", seed: int = 0,
+                           progress: bool = True) -> tuple[list[dict[str, float]], float]:
+    """Eval accuracy per seed and kernel from projections; returns (accuracies, compute seconds recorded).
+
+    Args:
+        fits: `SeedFit` per seed (same evaluation set and blocks).
+        names: kernel names (subset specs), as fitted.
+        folder: where the projection blocks are kept.
+        targets, seed: as in `kernel_blocks` (the same subsets the kernels were of).
+    """
+    plan = fits[0].plan
+    eval_batches = plan.batches["eval"]
+    weights = _weights(fits, names)
+    store = _store(folder, model, model_name, fits, names, weights, eval_batches)
+    counts = {n: [w.shape[2] for w in weights[n]] for n in names}  # directions per seed
+    todo = [j for j in range(len(eval_batches)) if not store.has("eval", 0, j)]
+    directions: dict | None = None
+    subsets: dict = {}
+    bar = tqdm(total=len(eval_batches), initial=len(eval_batches) - len(todo), desc="eval projections",
+               unit="block", disable=not progress)
+    for j in todo:
+        started = time.perf_counter()
+        if directions is None:  # only when some block is missing
+            subsets = {str(s): subset_params(model, s, targets, seed) for s in parse_subsets(names)}
+            directions = {}
+            for n in names:
+                per_seed = [subset_directions(subsets[n], f.plan.batches["train"], w.to(_dtype(model)))
+                            for f, w in zip(fits, weights[n])]
+                directions[n] = {k: torch.cat([d[k] for d in per_seed]) for k in per_seed[0]}
+                del per_seed
+        batch = eval_batches[j]
+        if implementation == "fast":
+            recorded = capture(model, batch)
+            block = {f"P/{n}": project_directions(model, subsets[n], recorded, directions[n]) for n in names}
+            del recorded
+        else:
+            block = {f"P/{n}": reference_projection(subsets[n], batch, directions[n]) for n in names}
+        store.save("eval", 0, j, block, seconds=time.perf_counter() - started)
+        bar.update(1)
+    bar.close()
+    del directions
+    blocks = [store.load("eval", 0, j) for j in range(len(eval_batches))]
+    restore = torch.from_numpy(np.argsort(plan.eval_order))
+    accuracies: list[dict[str, float]] = [{} for _ in fits]
+    for n in names:
+        projections = torch.cat([b[f"P/{n}"] for b in blocks])[restore].numpy()  # [n_eval, C, S_total], data order
+        first = 0
+        for k, fit in enumerate(fits):
+            part = projections[:, :, first : first + counts[n][k]]
+            first += counts[n][k]
+            offsets = fit.f0["eval"].numpy() if fit.offset else None
+            labels = np.array([e.label for e in fit.plan.evaluation])
+            accuracies[k][n] = float(np.mean(fit.models[n].predict_from_projections(part, offsets) == labels))
+    return accuracies, store.compute_seconds("eval")
+
+
+def _dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
