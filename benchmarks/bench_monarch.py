@@ -109,6 +109,9 @@ def main(argv=None) -> None:
     shapes = SHAPES if args.shapes is None else {
         s: tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")}
     methods = ["triton", "reference", "lora"] if device.type == "cuda" else ["reference", "lora"]
+    if "triton" in methods and args.blocks * args.rank > 1024:  # wider products always take the reference
+        raise SystemExit(f"N·r = {args.blocks * args.rank} is above the fused kernels' width 1024: "
+                         f"the 'triton' rows would time the reference")
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device {name}, {dtype}, {tokens} tokens, N={args.blocks}, r={args.rank}")
     if device.type != "cuda":

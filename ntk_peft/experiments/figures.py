@@ -206,6 +206,6 @@ def make_all(root: str | Path = "runs", out: str | Path | None = None, *, quick:
              "| file | what it shows |", "|---|---|"]
     for name, (path, caption) in figures.items():
         path.with_suffix(".txt").write_text(caption + "\n")
-        index.append(f"| `{path.name}` | {caption} |")
+        index.append(f"| `{path.name}` | {caption.replace('|', chr(92) + '|')} |")  # a bare | would split the cell
     (out / "README.md").write_text("\n".join(index) + "\n")
     return {name: path for name, (path, _) in figures.items()}

@@ -23,7 +23,7 @@ def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, su
         targets: Linear layers for ``linear`` and adapter subsets (adapter
             defaults when ``all``: IA3 k,v,down; LoRTA attn).
         seed: adapter initialisation seed (random rows, LoRA's A, ...).
-        linear_method: ``auto``, ``gram`` or ``materialise`` for Linear weights.
+        linear_method: ``auto``, ``gram``, ``reduced`` or ``materialise`` for Linear weights.
 
     Returns:
         subset name -> K ``[n1, n2, C, C]`` float64, K[i, j, c, c'] =

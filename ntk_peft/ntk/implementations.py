@@ -24,10 +24,12 @@ class NtkImplementation(str, Enum):
       at the real (non-pad) tokens only (no weight gradients; each gradient is
       packed as the backward pass produces it). Per-example subset gradients
       are then formed directly: Linear weights as ⟨A·A'ᵀ, G·G'ᵀ⟩ over tokens
-      (time ~ N1·N2·(d_in + C²·d_out) per layer for N1, N2 tokens; the token
-      products of all layers summed before one reduction to examples) or
-      through materialised per-layer gradients (~ n1·n2·C²·d_in·d_out),
-      whichever costs fewer operations; embeddings by matching token ids (no
+      (``gram``: time ~ N1·N2·(d_in + C²·d_out) per layer for N1, N2 tokens;
+      the token products of all layers summed before one reduction to
+      examples), with the input Gram applied to one side's gradients per
+      example first (``reduced``: ~ N1·N2·(d_in + C·d_out) + C²·N1·n2·d_out,
+      the choice from C = 3 on), or through materialised per-layer gradients
+      (``materialise``: ~ n1·n2·C²·d_in·d_out), whichever costs least; embeddings by matching token ids (no
       one-hot matrices), the tied output matrix added to the same rows; norms
       in closed form (y = h(x) ⊙ w + b, checked); rows, columns and LoRA as one
       GEMM per layer; other adapters and modules through their own forward

@@ -53,7 +53,6 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
 
 def test_eval_kernel_is_in_data_order_though_blocked_by_length(tmp_path):
     """Eval blocks run in order of prompt length; the saved kernel equals a direct one, row by row."""
-    import torch
     from safetensors.torch import load_file
 
     from ntk_peft import load_model

@@ -56,12 +56,12 @@ def test_forward_and_gradients_match_the_reference(triton_path, shape, dtype):
     for name, g, r, e in zip(names, got, ref, exact):
         assert g.dtype == dtype and g.shape == e.shape, name
         scale = float(e.detach().abs().max())
-        triton_error = float((g.detach().double().cpu() - e).abs().max())
+        triton_error = float((g.detach().double().cpu() - e.detach()).abs().max())
         if dtype == torch.float32:
             assert triton_error <= 1e-5 * scale, name
             torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5 * scale)
         else:  # half precision: no worse than the reference's own rounding
-            reference_error = float((r.detach().double().cpu() - e).abs().max())
+            reference_error = float((r.detach().double().cpu() - e.detach()).abs().max())
             assert triton_error <= 2 * reference_error + 1e-3 * scale, name
 
 
@@ -84,16 +84,17 @@ def test_dispatch_rules(monkeypatch):
     x, w1, w2 = (t.float() for t in _inputs(SHAPES[0], torch.float32))
     monkeypatch.delenv("NTK_PEFT_TRITON", raising=False)
     assert not monarch_module.use_triton(x, w1)  # CPU tensors default to the reference
+    assert monarch_module.use_triton(x.to(DEVICE), w1) == (DEVICE == "cuda")  # CUDA tensors default to Triton
     monkeypatch.setenv("NTK_PEFT_TRITON", "1")
-    assert monarch_module.use_triton(x, w1)
-    assert not monarch_module.use_triton(x, torch.zeros(64, 17, 1))  # N·r above the fused width
+    assert monarch_module.use_triton(x.to(DEVICE), w1)
+    assert not monarch_module.use_triton(x.to(DEVICE), torch.zeros(64, 17, 1))  # N·r above the fused width
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        monarch_module.use_triton(x, w1)
+        monarch_module.use_triton(x, w1)  # CPU tensors cannot run compiled kernels
 
 
 def test_bad_shapes_are_errors(triton_path):
-    x, w1, w2 = (t.float() for t in _inputs(SHAPES[4], torch.float32))
+    x, w1, w2 = (t.float().to(DEVICE) for t in _inputs(SHAPES[4], torch.float32))
     for args in [(x[..., :-1], w1, w2), (x, w1, w2[:, :, :-1]), (x, w1, w2[0]), (x, w1[0], w2)]:
         with pytest.raises(ValueError, match="monarch shapes"):
             monarch_matmul(*args)
@@ -112,7 +113,7 @@ def test_factors_follow_the_input_dtype_as_under_autocast(triton_path):
 
 
 def test_empty_batch(triton_path):
-    x, w1, w2 = (t.float() for t in _inputs(SHAPES[4], torch.float32))
+    x, w1, w2 = (t.float().to(DEVICE) for t in _inputs(SHAPES[4], torch.float32))
     x = x[:0].requires_grad_()
     w1.requires_grad_()
     y = monarch_matmul(x, w1, w2)
@@ -122,7 +123,7 @@ def test_empty_batch(triton_path):
 
 
 def test_second_derivative_is_refused(triton_path):
-    x, w1, w2 = (t.float().requires_grad_() for t in _inputs(SHAPES[4], torch.float32))
+    x, w1, w2 = (t.float().to(DEVICE).requires_grad_() for t in _inputs(SHAPES[4], torch.float32))
     (gx,) = torch.autograd.grad(monarch_matmul(x, w1, w2).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(gx.sum(), w1)
