@@ -24,6 +24,7 @@ from ntk_peft.adapters.scaling import BiasAdapter, IA3Adapter
 from ntk_peft.adapters.spec import AdapterSpec, parse_spec
 from ntk_peft.adapters.targets import Target, resolve_targets
 from ntk_peft.errors import UserError
+from ntk_peft.io import save_tensors, write_json
 
 DEFAULT_TARGETS = {"ia3": "k,v,down", "cp": "attn"}  # IA3's and LoRTA's own choices; others: all
 SUPPORTED = ("full", "row", "col", "rand", "lora", "more", "cp", "lorma+", "lormapi", "bias", "ia3")
@@ -141,18 +142,13 @@ class AdapterHandle:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``adapter.safetensors`` and ``adapter.json`` (spec, targets, options)."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.contiguous().clone() for k, v in self.state_dict().items()}
-        tmp = folder / "adapter.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(folder / "adapter.safetensors")
+        save_tensors(folder / "adapter.safetensors", {k: v.clone() for k, v in self.state_dict().items()})
         meta = {"spec": str(self.spec), "targets": self.options.get("targets", "all"),
                 "options": {k: v for k, v in self.options.items() if k != "targets"},
                 "num_trainable": self.num_trainable(), "layers": self.targets}
-        (folder / "adapter.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json(folder / "adapter.json", meta)
         return folder
 
 

@@ -13,7 +13,6 @@ The result is a plain dict (the ``results.json`` schema in the README).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ from ntk_peft.analysis import effective_rank, kernel_distance, relative_differen
 from ntk_peft.errors import UserError
 from ntk_peft.experiments.checkpoint import resolve_checkpoint
 from ntk_peft.experiments.projections import score_with_projections
-from ntk_peft.ntk import CrossJob, KernelStore, batches_hash, kernel_blocks, model_hash, shared_cross_blocks
+from ntk_peft.io import save_tensors, write_json
+from ntk_peft.ntk import CrossJob, KernelStore, batches_hash, distributed, kernel_blocks, model_hash, shared_cross_blocks
 from ntk_peft.solvers import make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
 
@@ -42,14 +42,6 @@ def length_order(tokenizer, task, examples, prompt: dict) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     lengths = make_batch(tokenizer, task, examples, **prompt)["attention_mask"].sum(1).numpy()
     return np.argsort(lengths, kind="stable")
-
-
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
 
 
 DEFAULT_SEEDS = (13, 21, 42, 87, 100)
@@ -74,11 +66,21 @@ class SeedPlan:
     store: KernelStore
     block_size: int = 16
 
+    @property
+    def eval_name(self) -> str:
+        """The eval kernels' name in the store, ``eval-<hash of the eval prompts>``: another evaluation
+        set (``--max-eval``) gets kernels of its own beside the same train and dev kernels."""
+        return f"eval-{batches_hash(self.batches['eval'])[:12]}"
+
 
 def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k: int, seed: int, out: Path, *,
               max_eval: int | None = None, data_dir=None, block_size: int = 16, implementation: str = "fast",
               prompt: dict | None = None) -> SeedPlan:
-    """Load one seed's split, block its prompts and open its store ``out/seed-<seed>``."""
+    """Load one seed's split, block its prompts and open its store ``out/seed-<seed>``.
+
+    The store's identity covers the train and dev prompts, not the evaluation set, so a rerun with
+    another ``max_eval`` reuses the train and dev kernels.
+    """
     prompt = prompt or {}
     spec = get_task(task)
     split = load_split(task, k, seed, data_dir)
@@ -97,7 +99,7 @@ def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k:
     meta = {"model": model_name, "model_hash": model_hash(model), "task": spec.name, "seed": seed, "k": k,
             "subsets": names, "implementation": implementation, "block_size": block_size,
             "prompt": {k_: str(v) for k_, v in prompt.items()},
-            "inputs_hash": batches_hash([b for part in ("train", "dev", "eval") for b in batches[part]]),
+            "train_dev_inputs_hash": batches_hash([b for part in ("train", "dev") for b in batches[part]]),
             "versions": {"ntk_peft": ntk_peft.__version__, "torch": torch.__version__,
                          "transformers": __import__("transformers").__version__}}
     return SeedPlan(seed, train, split.dev, evaluation, eval_order, batches, folder, KernelStore(folder, meta),
@@ -115,6 +117,29 @@ class SeedFit:
     offset: bool
 
 
+def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, shared_f0: dict) -> dict:
+    """Label logits at the model's point for train, dev and this plan's eval set, kept in ``f0.safetensors``
+    (``eval/<hash>`` per evaluation set, so another ``max_eval`` adds its own)."""
+    from safetensors.torch import load_file
+
+    path = plan.folder / "f0.safetensors"
+    stored = load_file(str(path)) if path.is_file() else {}
+    eval_key = f"eval/{plan.eval_name}"
+    missing = [part for part in ("train", "dev") if part not in stored]
+    for part in missing:
+        examples = plan.train if part == "train" else plan.dev
+        stored[part] = predict_logits(model, tokenizer, spec, examples, plan.block_size, progress=progress, **prompt)
+    if eval_key not in stored:
+        if eval_key not in shared_f0:  # the same for every seed
+            shared_f0[eval_key] = predict_logits(model, tokenizer, spec, plan.evaluation, plan.block_size,
+                                                 progress=progress, **prompt)
+        stored[eval_key] = shared_f0[eval_key]
+        missing.append("eval")
+    if missing:
+        save_tensors(path, stored)
+    return {"train": stored["train"], "dev": stored["dev"], "eval": stored[eval_key]}
+
+
 def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, solver: str = "klr",
              lam: float | None = None, offset: bool = True, implementation: str = "fast", prompt: dict | None = None,
              progress: bool = True, shared_f0: dict | None = None, kernels_0: dict | None = None) -> SeedFit:
@@ -122,35 +147,26 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
 
     ``shared_f0`` carries the eval set's f0 from one seed to the next (it does not depend on the seed);
     ``kernels_0`` (name -> train kernel at another point, e.g. pretrained) adds ``kernel_distance``.
+    Under torch.distributed every rank computes its share of the kernel blocks, rank 0 computes f0
+    and fits, and the other ranks receive the fitted models (their ``f0`` and ``result`` stay empty).
     """
     prompt = prompt or {}
     spec = get_task(task)
     shared_f0 = {} if shared_f0 is None else shared_f0
     timing = {}
     start = time.perf_counter()
-    f0_path = plan.folder / "f0.safetensors"
-    if f0_path.is_file():
-        from safetensors.torch import load_file
-
-        f0 = load_file(str(f0_path))
-    else:
-        f0 = {part: predict_logits(model, tokenizer, spec, examples, plan.block_size, progress=progress, **prompt)
-              for part, examples in (("train", plan.train), ("dev", plan.dev))}
-        if "eval" not in shared_f0:
-            shared_f0["eval"] = predict_logits(model, tokenizer, spec, plan.evaluation, plan.block_size,
-                                               progress=progress, **prompt)
-        f0["eval"] = shared_f0["eval"]
-        _save_tensors(f0_path, f0)
-    timing["f0_s"] = time.perf_counter() - start
-    start = time.perf_counter()
     common = dict(subsets=names, implementation=implementation, store=plan.store, progress=progress)
     k_train = kernel_blocks(model, plan.batches["train"], None, name="train", **common)
     k_dev = {n: v.permute(1, 0, 3, 2) for n, v in
              kernel_blocks(model, plan.batches["train"], plan.batches["dev"], name="dev", **common).items()}
-    _save_tensors(plan.folder / "train_kernels.safetensors",
-                  {**{f"K/{n}": v for n, v in k_train.items()},
-                   "labels": torch.tensor([e.label for e in plan.train])})
     timing["train_dev_kernels_wall_s"] = time.perf_counter() - start
+    if not distributed.is_main():
+        return SeedFit(plan, {}, distributed.broadcast(None), {}, offset)
+    save_tensors(plan.folder / "train_kernels.safetensors",
+                 {**{f"K/{n}": v for n, v in k_train.items()}, "labels": torch.tensor([e.label for e in plan.train])})
+    start = time.perf_counter()
+    f0 = _f0(model, tokenizer, spec, plan, prompt, progress, shared_f0)
+    timing["f0_s"] = time.perf_counter() - start
     start = time.perf_counter()
     y_train = np.array([e.label for e in plan.train])
     y_dev = np.array([e.label for e in plan.dev])
@@ -165,6 +181,7 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
         lambdas[name] = float(chosen)
         effective[name] = effective_rank(kt)
     timing["solver_s"] = time.perf_counter() - start
+    distributed.broadcast(models)
     differences = {n: {"p1": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 1),
                        "p2": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 2)}
                    for n in names if n != "full"}
@@ -183,14 +200,17 @@ def eval_labels(fit: SeedFit) -> np.ndarray:
 def score_with_kernels(model, fit: SeedFit, names: list[str], *, implementation: str = "fast",
                        progress: bool = True) -> dict[str, float]:
     """Eval accuracy per kernel from the eval×train kernels (computed or read from the seed's store;
-    saved in data order as ``eval_kernels.safetensors``)."""
+    saved in data order as ``eval_kernels.safetensors``). Under torch.distributed every rank computes
+    its share of the blocks and only rank 0 scores (the others return ``{}``)."""
     plan = fit.plan
     start = time.perf_counter()
     restore = torch.from_numpy(np.argsort(plan.eval_order))
     k_eval = {n: v.permute(1, 0, 3, 2)[restore] for n, v in
               kernel_blocks(model, plan.batches["train"], plan.batches["eval"], names, implementation,
-                            store=plan.store, name="eval", progress=progress).items()}
-    _save_tensors(plan.folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
+                            store=plan.store, name=plan.eval_name, progress=progress).items()}
+    if not distributed.is_main():  # the other ranks computed their share of the blocks
+        return {}
+    save_tensors(plan.folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
                   {**{f"K/{n}": v.contiguous() for n, v in k_eval.items()},
                    "labels": torch.tensor([e.label for e in plan.evaluation])})
     fit.result["timing_s"]["eval_kernels_wall_s"] = time.perf_counter() - start
@@ -243,6 +263,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     for seed in seeds:  # check every split before the long work starts
         load_split(spec, k, seed, data_dir)
     model, tokenizer = ntk_peft.load_model(model_name)
+    model = model.to(distributed.device())  # this rank's GPU under nccl
     started = time.perf_counter()
     kernel_names = ["full", *[s for s in subsets if s != "full"]]
     plan_options = dict(max_eval=max_eval, data_dir=data_dir, block_size=block_size, implementation=implementation,
@@ -270,10 +291,12 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
             implementation=implementation, progress=progress)
     else:
         if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
-            shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], "eval") for p in plans],
+            shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], p.eval_name) for p in plans],
                                 plans[0].batches["eval"], kernel_names, progress=progress)
         accuracies = [score_with_kernels(model, f, kernel_names, implementation=implementation, progress=progress)
                       for f in fits]
+    if not distributed.is_main():  # rank 0 writes results.json; every rank returns it
+        return distributed.broadcast(None)
     per_seed = []
     for fit, accuracy in zip(fits, accuracies):
         fit.result["accuracy"] = {**accuracy, "zeroshot": float(np.mean(fit.f0["eval"].argmax(1).numpy()
@@ -295,10 +318,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                "timing_s": {"total": time.perf_counter() - started,
                             "kernels_recorded": sum(r["timing_s"]["kernels_s"] for r in per_seed), **timing}}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = results_path.with_name("results.json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, results_path)
-    return results
+    write_json(results_path, results)
+    return distributed.broadcast(results)
 
 
 def format_table(results: dict) -> str:

@@ -5,28 +5,38 @@
 the implementations and their costs.
 """
 
-from ntk_peft.ntk.blocked import CrossJob, kernel_blocks, shared_cross_blocks
+from ntk_peft.ntk import distributed
+from ntk_peft.ntk.blocked import CaptureCache, CrossJob, kernel_blocks, kernel_identity, shared_cross_blocks
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.engine import empirical_ntk
 from ntk_peft.ntk.implementations import NtkImplementation
 from ntk_peft.ntk.layout import from_flat, to_flat, to_lm_kernel_ft, trace_over_outputs
 from ntk_peft.ntk.reference import reference_jacobian
-from ntk_peft.ntk.store import KernelStore, batches_hash, model_hash
+from ntk_peft.ntk.schedule import Block, RunReport, run_blocks, shard
+from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash
 from ntk_peft.ntk.subsets import parse_subsets, subset_params
 
 __all__ = [
+    "Block",
     "Capture",
+    "CaptureCache",
     "CrossJob",
     "KernelStore",
+    "MemoryStore",
     "NtkImplementation",
+    "RunReport",
     "batches_hash",
     "capture",
+    "distributed",
     "empirical_ntk",
     "from_flat",
     "kernel_blocks",
+    "kernel_identity",
     "model_hash",
     "parse_subsets",
     "reference_jacobian",
+    "run_blocks",
+    "shard",
     "shared_cross_blocks",
     "subset_params",
     "to_flat",

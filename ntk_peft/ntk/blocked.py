@@ -1,28 +1,114 @@
 """Blocked, resumable kernel computation over lists of prompt batches.
 
 The symmetric kernel of one list of blocks computes each unordered block pair
-once (the mirror is a transpose); a cross kernel streams the second list,
-recording each of its blocks once. With a `KernelStore`, finished block pairs
-are read back instead of recomputed, so an interrupted run resumes and gives
-bitwise-identical kernels.
+once (the mirror is a transpose); a cross kernel computes every pair. The
+pairs go through `run_blocks` (ordered by cost, sharded over torch.distributed
+ranks, written atomically), so an interrupted run resumes and gives
+bitwise-identical kernels, and P ranks give the kernels of one process.
+Each call records what its kernel is of in the store (`kernel_identity`) and
+refuses a store whose kernel of that name was computed otherwise.
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ntk_peft.ntk.capture import capture
 from ntk_peft.ntk.contract import dense_kernel
 from ntk_peft.ntk.fast import fast_kernel
 from ntk_peft.ntk.implementations import NtkImplementation
 from ntk_peft.ntk.reference import reference_jacobian
-from ntk_peft.ntk.store import KernelStore
-from ntk_peft.ntk.subsets import parse_subsets, subset_params
+from ntk_peft.ntk.schedule import Block, run_blocks
+from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash, tensor_hash
+from ntk_peft.ntk.subsets import SubsetParams, parse_subsets, subset_params
+
+# Recorded captures kept for reuse within one call (each is ~1 GB for 16 SmolLM2-135M prompts).
+DEFAULT_CACHE_BYTES = 4 << 30
+KERNEL_TYPE = "ntk"
+
+
+class CaptureCache:
+    """Least-recently-used recorded blocks, bounded by their memory.
+
+    ``record(key, make)`` returns the kept value or calls ``make()``; values
+    whose ``nbytes`` would push the total past ``budget`` are used once and
+    not kept (a budget of 0 keeps nothing).
+    """
+
+    def __init__(self, budget: int = DEFAULT_CACHE_BYTES):
+        self.budget = budget
+        self.kept: OrderedDict = OrderedDict()
+        self.bytes = 0
+
+    def record(self, key, make):
+        if key in self.kept:
+            self.kept.move_to_end(key)
+            return self.kept[key][0]
+        value = make()
+        size = _nbytes(value)
+        while self.kept and self.bytes + size > self.budget:
+            _, (_, freed) = self.kept.popitem(last=False)
+            self.bytes -= freed
+        if size <= self.budget:
+            self.kept[key] = (value, size)
+            self.bytes += size
+        return value
+
+
+def _nbytes(value) -> int:
+    if hasattr(value, "nbytes"):
+        return int(value.nbytes)
+    return sum(t.numel() * t.element_size() for t in value)  # a list of reference Jacobians
+
+
+def to_device(batch: dict, model: nn.Module) -> dict:
+    """The batch's tensors on the model's device (the batch itself when they are there already)."""
+    device = next(model.parameters()).device
+    if all(v.device == device for v in batch.values() if isinstance(v, torch.Tensor)):
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def tokens(batch: dict) -> int:
+    """Real (non-pad) tokens of a prompt block: the cost unit of the scheduler."""
+    return int(batch["attention_mask"].sum())
+
+
+def subset_fingerprint(sub: SubsetParams) -> str:
+    """What defines a resolved subset: its spec, parameter names and shapes, and for adapter subsets
+    the adapter's initial tensors and index buffers (chosen rows, LoRA's A, random masks)."""
+    digest = hashlib.sha256(str(sub.spec).encode())
+    for name, p in sub.params.items():
+        digest.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+    if sub.handle is not None and sub.spec.kind not in ("full", "linear"):
+        state = sorted(sub.handle.state_dict().items())
+        digest.update(tensor_hash([t for _, t in state]).encode())
+    return digest.hexdigest()
+
+
+def kernel_identity(model: nn.Module, resolved: list[SubsetParams], batches1: list[dict], batches2,
+                    implementation: NtkImplementation, targets, seed: int, kernel: str = KERNEL_TYPE) -> dict:
+    """What a blocked kernel is computed from, as recorded in its store (`KernelStore.claim`)."""
+    dtype = next(model.parameters()).dtype
+    return {
+        "kernel": kernel,
+        "subsets": [str(s.spec) for s in resolved],
+        "subset_definitions": {str(s.spec): subset_fingerprint(s) for s in resolved},
+        "targets": targets if isinstance(targets, str) else list(targets),
+        "seed": seed,
+        "implementation": implementation.value,
+        "dtype": str(dtype).replace("torch.", ""),
+        "model_hash": model_hash(model),
+        "left_inputs": batches_hash(batches1),
+        "left_blocks": [b["input_ids"].shape[0] for b in batches1],
+        "right_inputs": None if batches2 is None else batches_hash(batches2),
+        "right_blocks": None if batches2 is None else [b["input_ids"].shape[0] for b in batches2],
+    }
 
 
 @torch.no_grad()
@@ -39,67 +125,60 @@ def _mirror(kernel: torch.Tensor) -> torch.Tensor:
 def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
                   subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
                   name: str = "kernel", targets="all", seed: int = 0, progress: bool = True,
-                  linear_method: str = "auto") -> dict[str, torch.Tensor]:
+                  linear_method: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES) -> dict[str, torch.Tensor]:
     """Kernels between every example of ``batches1`` and of ``batches2`` (or batches1).
+
+    Inside an initialised torch.distributed process group the block pairs are
+    shared out over the ranks and every rank returns the whole kernel; the
+    store's folder must then be visible to every rank (without a store, the
+    blocks are exchanged through the process group).
 
     Args:
         model: the model.
         batches1, batches2: lists of prompt batches (blocks); None for the
             symmetric kernel of batches1.
         subsets, implementation, targets, seed, linear_method: as `empirical_ntk`.
-        store: where finished block pairs are kept (and found on a rerun).
-        name: prefix of this kernel's block files in the store (``train``, ``eval``).
+        store: where finished block pairs are kept (and found on a rerun);
+            the kernel's identity is recorded there under ``name``.
+        name: this kernel's name in the store (``train``, ``eval`` ...).
         progress: tqdm bar on stderr (blocks done, time left).
+        cache_bytes: memory for recorded blocks kept between pairs.
 
     Returns:
         subset -> ``[N1, N2, C, C]`` float64 assembled from the blocks.
+
+    Raises:
+        UserError: the store holds a kernel ``name`` of other inputs.
     """
     implementation = NtkImplementation.parse(implementation)
     specs = parse_subsets(subsets)
     names = [str(s) for s in specs]
     symmetric = batches2 is None
     right = batches1 if symmetric else batches2
-    # Cross kernels stream the right-hand blocks: each is recorded once, used against every left block.
-    pairs = [(i, j) for j in range(len(right)) for i in range(len(batches1)) if not symmetric or i <= j]
-    resolved = None
-    features: dict[tuple[int, int], object] = {}
+    resolved = [subset_params(model, s, targets, seed) for s in specs]
+    store = MemoryStore() if store is None else store
+    store.claim(name, kernel_identity(model, resolved, batches1, batches2, implementation, targets, seed))
+    cache = CaptureCache(cache_bytes)
 
-    def block_features(side: int, index: int):
-        nonlocal resolved
+    def features(side: int, index: int):
         key = (0 if symmetric else side, index)
-        if key not in features:
-            batch = (batches1 if key[0] == 0 else right)[index]
-            if implementation is NtkImplementation.FAST:
-                features[key] = capture(model, batch)
-            else:
-                resolved = resolved or [subset_params(model, s, targets, seed) for s in specs]
-                features[key] = [reference_jacobian(sub, batch) for sub in resolved]
-        return features[key]
-
-    results: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
-    todo = [p for p in pairs if store is None or not store.has(name, *p)]
-    bar = tqdm(total=len(pairs), initial=len(pairs) - len(todo), desc=f"eNTK {name} blocks", unit="block",
-               disable=not progress)
-    fast_subsets = None
-    for i, j in pairs:
-        if store is not None and store.has(name, i, j):
-            results[(i, j)] = store.load(name, i, j)
-            continue
-        started = time.perf_counter()  # the block's compute time includes captures it triggered
-        left_f, right_f = block_features(0, i), block_features(1, j)
+        batch = to_device((batches1 if key[0] == 0 else right)[index], model)
         if implementation is NtkImplementation.FAST:
-            fast_subsets = fast_subsets or [subset_params(model, s, targets, seed) for s in specs]
-            kernels = _fast_kernels(model, names, fast_subsets, left_f, right_f, linear_method)
-        else:
-            kernels = {n: dense_kernel(a, b).detach() for n, a, b in zip(names, left_f, right_f)}
-        if store is not None:
-            store.save(name, i, j, kernels, seconds=time.perf_counter() - started)
-        results[(i, j)] = kernels
-        bar.update(1)
-        if not symmetric:  # a streamed right-hand block is not needed again once all its pairs are done
-            if i == len(batches1) - 1:
-                features.pop((1, j), None)
-    bar.close()
+            return cache.record(key, lambda: capture(model, batch))
+        return cache.record(key, lambda: [reference_jacobian(sub, batch) for sub in resolved])
+
+    def compute(block: Block) -> dict[str, torch.Tensor]:
+        left_f, right_f = features(0, block.i), features(1, block.j)
+        if implementation is NtkImplementation.FAST:
+            return _fast_kernels(model, names, resolved, left_f, right_f, linear_method)
+        return {n: dense_kernel(a, b).detach() for n, a, b in zip(names, left_f, right_f)}
+
+    # Pairs that share a right-hand block run together (its capture is recorded once).
+    todo = [Block(store, name, i, j, tokens(batches1[i]) * tokens(right[j]), group=j, keys=tuple(names))
+            for j in range(len(right)) for i in range(len(batches1)) if not symmetric or i <= j]
+    run_blocks(todo, compute, progress=progress, desc=f"eNTK {name} blocks")
+    del cache
+    results = {(b.i, b.j): store.load(*b.key) for b in todo}
     return {n: _assemble(results, n, batches1, right, symmetric) for n in names}
 
 
@@ -113,47 +192,43 @@ class CrossJob:
 
 
 def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict], subsets=("full", "row1"), *,
-                        targets="all", seed: int = 0, linear_method: str = "auto", cache_bytes: int = 8 << 30,
-                        progress: bool = True) -> None:
+                        targets="all", seed: int = 0, linear_method: str = "auto",
+                        cache_bytes: int = DEFAULT_CACHE_BYTES, progress: bool = True) -> None:
     """Fill several stores' cross kernels against the same right-hand blocks, recording each right block once.
 
     The seeds of a k-shot study share their evaluation set: computed one seed at a time, every
-    evaluation block is recorded once per seed; here it is recorded once for all of them. Block
-    files, keys and values are those `kernel_blocks` writes (``<name>-<i>-<j>`` with i a left
-    block, j a right block), so `kernel_blocks` then reads every pair back, and an interrupted
-    run resumes. Left captures are kept while their memory stays under ``cache_bytes`` and
-    recorded again per right block beyond it. Fast implementation only.
+    evaluation block is recorded once per seed; here it is recorded once for all of them (per rank
+    that handles it: a right block and all its pairs go to one rank). Block files, keys, values and
+    identities are those `kernel_blocks` writes (``<name>-<i>-<j>`` with i a left block, j a right
+    block), so `kernel_blocks` then reads every pair back, and an interrupted run resumes. Left
+    captures are kept while their memory stays under ``cache_bytes`` and recorded again beyond it.
+    Fast implementation only.
     """
     specs = parse_subsets(subsets)
     names = [str(s) for s in specs]
-    fast_subsets = [subset_params(model, s, targets, seed) for s in specs]
-    todo = {j: [(job, i) for job in jobs for i in range(len(job.left)) if not job.store.has(job.name, i, j)]
-            for j in range(len(right))}
-    total = sum(len(job.left) for job in jobs) * len(right)
-    bar = tqdm(total=total, initial=total - sum(map(len, todo.values())), desc="eNTK shared blocks",
-               unit="block", disable=not progress)
-    kept: dict[tuple[int, int], object] = {}
-    kept_bytes = 0
-    for j, pairs in todo.items():
-        if not pairs:
-            continue
-        started = time.perf_counter()
-        right_f = capture(model, right[j])
-        share = (time.perf_counter() - started) / len(pairs)  # the right capture's time, split over its pairs
-        for job, i in pairs:
-            started = time.perf_counter()
-            key = (id(job), i)
-            left_f = kept.get(key)
-            if left_f is None:
-                left_f = capture(model, job.left[i])
-                if kept_bytes + left_f.nbytes <= cache_bytes:
-                    kept[key] = left_f
-                    kept_bytes += left_f.nbytes
-            kernels = _fast_kernels(model, names, fast_subsets, left_f, right_f, linear_method)
-            job.store.save(job.name, i, j, kernels, seconds=time.perf_counter() - started + share)
-            bar.update(1)
-        del right_f
-    bar.close()
+    resolved = [subset_params(model, s, targets, seed) for s in specs]
+    for job in jobs:
+        job.store.claim(job.name, kernel_identity(model, resolved, job.left, right, NtkImplementation.FAST,
+                                                  targets, seed))
+    jobs_by_store = {id(job.store): k for k, job in enumerate(jobs)}
+    cache = CaptureCache(cache_bytes)
+    right_kept: dict[int, object] = {}  # the current right block's capture only
+
+    def right_capture(j: int):
+        if j not in right_kept:
+            right_kept.clear()
+            right_kept[j] = capture(model, to_device(right[j], model))
+        return right_kept[j]
+
+    def compute(block: Block) -> dict[str, torch.Tensor]:
+        job = jobs_by_store[id(block.store)]
+        right_f = right_capture(block.j)
+        left_f = cache.record((job, block.i), lambda: capture(model, to_device(jobs[job].left[block.i], model)))
+        return _fast_kernels(model, names, resolved, left_f, right_f, linear_method)
+
+    todo = [Block(job.store, job.name, i, j, tokens(job.left[i]) * tokens(right[j]), group=j, keys=tuple(names))
+            for j in range(len(right)) for job in jobs for i in range(len(job.left))]
+    run_blocks(todo, compute, progress=progress, desc="eNTK shared blocks")
 
 
 def _assemble(results, name: str, left: list[dict], right: list[dict], symmetric: bool) -> torch.Tensor:

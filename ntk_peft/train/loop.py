@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ntk_peft.errors import UserError
+from ntk_peft.io import atomic_write, torch_save, write_json
 from ntk_peft.train.tracking import DeltaWTracker
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -94,9 +94,7 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, value)
 
 
 @torch.no_grad()
@@ -182,9 +180,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                  "metrics": metrics, "bad_evals": bad_evals, "tracker_rows": tracker.rows,
                  "tracker_sigma": tracker.last_sigma, "rng": torch.get_rng_state()}
-        tmp = checkpoint_path.with_name("checkpoint.pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, checkpoint_path)
+        torch_save(checkpoint_path, state)
 
     started = time.perf_counter()
     metrics["peak_rss_before_training_mb"] = _peak_rss_mb()  # model, adapter and data loaded
@@ -260,9 +256,10 @@ def _truncate_csv(path: Path, step: int) -> None:
 
     with path.open(newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= step]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=("step", "layer", "metric", "value"))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=("step", "layer", "metric", "value"))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
