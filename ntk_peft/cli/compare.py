@@ -7,6 +7,12 @@
 Prints accuracy mean (std) over seeds for K_full, each K_S and zero-shot, and
 the relative kernel differences (p = 1, 2); writes results.json, the kernels
 (resumable) and figures under --out.
+
+Over several processes or machines (kernel blocks and eval projections shared
+out over the ranks, rank 0 fits and writes; --out on a filesystem every rank
+sees)::
+
+    torchrun --standalone --nproc-per-node P -m ntk_peft.cli.compare --task sst2 --subset row1
 """
 
 from __future__ import annotations
@@ -75,12 +81,26 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ntk_peft.experiments import default_out, format_table, run_compare
+    from ntk_peft.ntk import distributed
+
+    launched = distributed.init_from_env()  # under torchrun: join the process group, share the blocks out
+    try:
+        return _compare(args, default_out, format_table, run_compare)
+    finally:
+        if launched:
+            distributed.shutdown()
+
+
+def _compare(args, default_out, format_table, run_compare) -> int:
+    from ntk_peft.ntk import distributed
 
     results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
                           implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint,
                           eval_kernels=args.eval_kernels)
+    if not distributed.is_main():  # rank 0 draws and prints
+        return 0
     out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k, args.adapter_checkpoint)
     if args.figures:
         from ntk_peft.plotting import kernel_heatmaps, kernel_spectra, load_train_kernels

@@ -141,7 +141,7 @@ def run_blocks(todo: Sequence[Block], compute: Callable[[Block], dict[str, torch
         begun = time.perf_counter()
         tensors = {k: v.detach().cpu() for k, v in compute(block).items()}
         seconds = time.perf_counter() - begun
-        block.store.save(*block.key, tensors, seconds=seconds)
+        block.store.save(*block.key, tensors, seconds=seconds, rank=distributed.rank())
         report.compute_seconds += seconds
         report.computed.append(block.key)
         bar.update(1)

@@ -103,7 +103,8 @@ class MemoryStore:
     def readable(self, name: str, i: int, j: int, keys=None) -> bool:
         return self.has(name, i, j)
 
-    def save(self, name: str, i: int, j: int, kernels: dict[str, torch.Tensor], seconds: float | None = None) -> None:
+    def save(self, name: str, i: int, j: int, kernels: dict[str, torch.Tensor], seconds: float | None = None,
+             rank: int | None = None) -> None:
         self.blocks[(name, i, j)] = kernels
 
     def load(self, name: str, i: int, j: int) -> dict[str, torch.Tensor]:
@@ -205,10 +206,21 @@ class KernelStore:
             return False
         return True
 
-    def save(self, name: str, i: int, j: int, kernels: dict[str, torch.Tensor], seconds: float | None = None) -> None:
-        """Write one block pair; ``seconds`` (the compute time it took) is kept in its metadata."""
-        metadata = None if seconds is None else {"seconds": f"{seconds:.6f}"}
-        save_tensors(self.block_path(name, i, j), kernels, metadata)
+    def save(self, name: str, i: int, j: int, kernels: dict[str, torch.Tensor], seconds: float | None = None,
+             rank: int | None = None) -> None:
+        """Write one block pair; ``seconds`` (the compute time it took) and the ``rank`` that computed it
+        are kept in its metadata."""
+        metadata = {} if seconds is None else {"seconds": f"{seconds:.6f}"}
+        if rank is not None:
+            metadata["rank"] = str(rank)
+        save_tensors(self.block_path(name, i, j), kernels, metadata or None)
+
+    def block_metadata(self, name: str, i: int, j: int) -> dict[str, str]:
+        """The metadata a block was written with (``seconds``, ``rank``)."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.block_path(name, i, j)), framework="pt") as handle:
+            return dict(handle.metadata() or {})
 
     def compute_seconds(self, name: str | None = None) -> float:
         """Total compute time recorded in the block files (of one kernel ``name``, or all), over every run

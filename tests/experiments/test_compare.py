@@ -185,3 +185,30 @@ def test_bad_checkpoint_is_one_line_and_status_2(capsys, tmp_path, fine_tuned_ru
                         "--adapter-checkpoint", str(folder), "--out", str(tmp_path / "x"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert match in err
+
+
+def test_changing_only_max_eval_reuses_the_train_and_dev_kernels(capsys, tmp_path):
+    """The README's quick look then `make run` in the same folder: train/dev blocks are read back, the new
+    evaluation set gets its own eval f0 and projections, and the first run's results stay reproducible."""
+    argv = ["--task", "sst2", "--subset", "row1", "--model", "tiny-llama", "--seeds", "13", "--k", "4",
+            "--block-size", "4", "--no-figures", "--out", str(tmp_path)]
+    code, _, err = _run(capsys, *argv, "--max-eval", "8")
+    assert code == 0, err
+    first = json.loads((tmp_path / "results.json").read_text())
+    kernels = {p: p.stat().st_mtime_ns for p in (tmp_path / "seed-13" / "blocks").glob("*.safetensors")}
+    assert kernels and all(p.name.startswith(("train-", "dev-")) for p in kernels)
+    code, _, err = _run(capsys, *argv, "--max-eval", "12")
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in kernels} == kernels  # not recomputed
+    second = json.loads((tmp_path / "results.json").read_text())
+    assert second["max_eval"] == 12 and second["per_seed"][0]["n_eval"] == 12
+    assert second["per_seed"][0]["lambda"] == first["per_seed"][0]["lambda"]  # the same fits
+    assert len(list((tmp_path / "eval-projections").iterdir())) == 2  # one folder per evaluation set
+    code, _, err = _run(capsys, *argv, "--max-eval", "8")  # back to the first: everything is read back
+    assert code == 0, err
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["per_seed"][0]["accuracy"] == first["per_seed"][0]["accuracy"]
+    code, _, err = _run(capsys, *argv, "--max-eval", "8", "--eval-kernels")  # eval kernels named by their eval set
+    assert code == 0, err
+    names = {p.name.rsplit("-", 2)[0] for p in (tmp_path / "seed-13" / "blocks").glob("eval-*")}
+    assert len(names) == 1 and len(next(iter(names))) == len("eval-") + 12

@@ -1,0 +1,188 @@
+"""The block scheduler (ordering, sharding, resuming) and the store's identity and damage checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ntk_peft import load_model
+from ntk_peft.errors import UserError
+from ntk_peft.io import write_text
+from ntk_peft.ntk import (
+    Block,
+    KernelStore,
+    MemoryStore,
+    blocked,
+    kernel_blocks,
+    kernel_identity,
+    model_hash,
+    parse_subsets,
+    run_blocks,
+    shard,
+    subset_params,
+)
+from ntk_peft.ntk.implementations import NtkImplementation
+from ntk_peft.tasks import load_split, make_batch
+
+SUBSETS = ("full", "row1", "lora1")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=4)
+    train = load_split("sst2").train
+    blocks = [make_batch(tok, "sst2", train[i : i + 3]) for i in range(0, 9, 3)]
+    return model, blocks
+
+
+def test_shard_keeps_groups_together_and_balances_cost_longest_first():
+    store = MemoryStore()
+    blocks = [Block(store, "k", i, j, cost=c, group=g)
+              for i, j, c, g in [(0, 0, 5, "a"), (1, 0, 5, "a"), (0, 1, 9, None), (0, 2, 1, None), (0, 3, 3, "b")]]
+    one, two = shard(blocks, 2)
+    # group a (10) to rank 0, 9 to rank 1, group b (3) to the lighter rank 1 (9 < 10), 1 to rank 0 (10 < 12)
+    assert [b.key for b in one] == [("k", 0, 0), ("k", 1, 0), ("k", 0, 2)]
+    assert [b.key for b in two] == [("k", 0, 1), ("k", 0, 3)]
+    assert shard(blocks, 1) == [[blocks[0], blocks[1], blocks[2], blocks[4], blocks[3]]]
+    assert [len(s) for s in shard(blocks, 8)] == [2, 1, 1, 1, 0, 0, 0, 0]
+
+
+def test_run_blocks_computes_only_missing_blocks_and_reports_them(tmp_path):
+    store = KernelStore(tmp_path, {"model": "none"})
+    todo = [Block(store, "k", 0, j, cost=j + 1, keys=("x",)) for j in range(4)]
+    store.save("k", 0, 2, {"x": torch.tensor([2.0])})
+    computed = []
+
+    def compute(block):
+        computed.append(block.j)
+        return {"x": torch.tensor([float(block.j)])}
+
+    report = run_blocks(todo, compute, progress=False)
+    assert computed == [3, 1, 0]  # most costly first; block 2 was stored
+    assert report.found == 1 and report.total == 4 and [k[2] for k in report.computed] == [3, 1, 0]
+    assert report.compute_seconds <= report.seconds and report.overhead_seconds >= 0
+    assert store.block_metadata("k", 0, 3)["rank"] == "0"
+    assert run_blocks(todo, compute, progress=False).computed == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "other tensors"])
+def test_a_damaged_block_is_named_in_one_line_and_computed_again(setup, tmp_path, capsys, damage):
+    model, blocks = setup
+    clean = kernel_blocks(model, blocks, None, SUBSETS, store=KernelStore(tmp_path, {}), name="train", progress=False)
+    path = tmp_path / "blocks" / "train-0-1.safetensors"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-40])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"full": torch.zeros(3, 3, 2, 2, dtype=torch.float64)}, str(path))
+    capsys.readouterr()
+    again = kernel_blocks(model, blocks, None, SUBSETS, store=KernelStore(tmp_path, {}), name="train", progress=False)
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "unreadable" in line]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "computing it again" in warnings[0]
+    assert "Traceback" not in err
+    for key in SUBSETS:
+        assert torch.equal(again[key], clean[key])
+
+
+def _claim_error(tmp_path, model, blocks, **changes) -> str:
+    options = dict(subsets=SUBSETS, targets="all", seed=0)
+    kernel_blocks(model, blocks[:2], None, store=KernelStore(tmp_path, {}), name="train", progress=False, **options)
+    options.update(changes)
+    with pytest.raises(UserError) as caught:
+        kernel_blocks(model, blocks[:2], None, store=KernelStore(tmp_path, {}), name="train", progress=False,
+                      **options)
+    message = str(caught.value)
+    assert "\n" not in message and "'train'" in message and str(tmp_path) in message
+    return message
+
+
+def test_store_refuses_kernels_of_other_targets(setup, tmp_path):
+    """The bug this guards: a call with targets='mlp' used to read back the attn kernels silently."""
+    model, blocks = setup
+    assert "targets" in _claim_error(tmp_path, model, blocks, targets="mlp")
+
+
+def test_store_refuses_kernels_of_another_seed(setup, tmp_path):
+    model, blocks = setup
+    message = _claim_error(tmp_path, model, blocks, seed=1)
+    assert "seed" in message and "subset_definitions" in message  # lora1's A and the row choice follow the seed
+
+
+def test_store_refuses_another_subset_definition_under_the_same_name(setup, tmp_path):
+    model, blocks = setup
+    message = _claim_error(tmp_path, model, blocks, subsets=("full", "row1:random", "lora1"))
+    assert "subset_definitions" in message and "subsets" in message
+
+
+def test_store_refuses_another_kernel_type(setup, tmp_path):
+    model, blocks = setup
+    store = KernelStore(tmp_path, {})
+    resolved = [subset_params(model, s) for s in parse_subsets(SUBSETS)]
+    store.claim("train", kernel_identity(model, resolved, blocks, None, NtkImplementation.FAST, "all", 0))
+    with pytest.raises(UserError, match=r"\(kernel differ\)"):
+        store.claim("train", kernel_identity(model, resolved, blocks, None, NtkImplementation.FAST, "all", 0,
+                                             kernel="signgd"))
+    store.claim("sign-train", kernel_identity(model, resolved, blocks, None, NtkImplementation.FAST, "all", 0,
+                                              kernel="signgd"))  # another name is fine
+    assert set(json.loads((tmp_path / "meta.json").read_text())["kernels"]) == {"train", "sign-train"}
+
+
+def test_store_refuses_other_inputs_dtype_and_implementation(setup, tmp_path):
+    model, blocks = setup
+    kernel_blocks(model, blocks[:2], None, SUBSETS, store=KernelStore(tmp_path, {}), name="train", progress=False)
+    with pytest.raises(UserError, match="left_inputs"):
+        kernel_blocks(model, blocks[1:], None, SUBSETS, store=KernelStore(tmp_path, {}), name="train", progress=False)
+    with pytest.raises(UserError, match="implementation"):
+        kernel_blocks(model, blocks[:2], None, SUBSETS, "reference", store=KernelStore(tmp_path, {}), name="train",
+                      progress=False)
+    single = load_model("tiny-llama", dtype=torch.float32, seed=4)[0]
+    with pytest.raises(UserError, match="dtype"):
+        kernel_blocks(single, blocks[:2], None, SUBSETS, store=KernelStore(tmp_path, {}), name="train",
+                      progress=False)
+
+
+def test_model_hash_is_remembered_until_a_parameter_changes():
+    model = load_model("tiny-llama", dtype=torch.float64, seed=4)[0]
+    first = model_hash(model)
+    assert model_hash(model) == first
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # in place: the version counter moves
+    assert model_hash(model) != first
+
+
+def test_capture_cache_keeps_within_budget_and_evicts_least_recent():
+    class Sized:
+        def __init__(self, nbytes):
+            self.nbytes = nbytes
+
+    made = []
+    cache = blocked.CaptureCache(budget=10)
+    get = lambda key, size: cache.record(key, lambda: made.append(key) or Sized(size))  # noqa: E731
+    get("a", 4), get("b", 4), get("a", 4), get("c", 4)  # c evicts b (a was used more recently)
+    assert made == ["a", "b", "c"] and list(cache.kept) == ["a", "c"] and cache.bytes == 8
+    get("big", 11)  # over the budget: used once, not kept, and evicts nothing it cannot replace
+    assert "big" not in cache.kept and cache.bytes <= 10
+    assert blocked.CaptureCache(budget=0).record("x", lambda: Sized(1)).nbytes == 1
+
+
+def test_atomic_write_uses_unique_temporary_files_and_keeps_the_old_file_on_failure(tmp_path):
+    from ntk_peft.io import atomic_path
+
+    target = tmp_path / "file.txt"
+    write_text(target, "old")
+    with atomic_path(target) as first, atomic_path(target) as second:
+        assert first != second and first.parent == tmp_path
+        first.write_text("one")
+        second.write_text("two")
+    assert target.read_text() == "one"  # the outer context renames last
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("writer died")
+    assert target.read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
