@@ -275,7 +275,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                              **plan_options)
             kernels_0[seed] = kernel_blocks(model, plan.batches["train"], None, kernel_names, implementation,
                                             store=plan.store, name="train", progress=progress)
-        model = fold_adapter(model, checkpoint.adapter_folder)
+        model = fold_adapter(model, checkpoint.adapter_folder).to(distributed.device())
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
     shared_f0: dict = {}

@@ -65,3 +65,18 @@ def test_direction_weights_must_cover_the_prompts(setup):
     sub = subset_params(model, parse_spec("row1"))
     with pytest.raises(UserError, match=r"must be \[n, C, S\] over the 5 prompts"):
         subset_directions(sub, blocks, weights[:4])
+
+
+@pytest.mark.parametrize("spec", ["full", "row1", "lora1"])
+def test_directions_in_chunks_of_prompts_equal_one_pass_per_block(setup, spec):
+    """The backward passes are cut into chunks of prompts to bound memory; the sum is the same."""
+    name, model, blocks, _, _, weights = setup
+    sub = subset_params(model, parse_spec(spec))
+    whole = subset_directions(sub, blocks, weights, chunk=16)
+    for chunk in (1, 2):
+        cut = subset_directions(sub, blocks, weights, chunk=chunk)
+        # relative to the whole direction: some entries are zero in exact arithmetic (key biases) and
+        # rounding noise in float64, so a per-tensor scale would measure noise against noise
+        scale = max(float(value.abs().max()) for value in whole.values())
+        for key, value in whole.items():
+            assert (cut[key] - value).abs().max() <= DIRECTION_TOLERANCE[name] * scale, (chunk, key)
