@@ -80,18 +80,21 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ntk_peft.experiments import default_out, format_table, run_compare
     from ntk_peft.ntk import distributed
 
     launched = distributed.init_from_env()  # under torchrun: join the process group, share the blocks out
+    finished = False
     try:
-        return _compare(args, default_out, format_table, run_compare)
+        code = _compare(args)
+        finished = True
+        return code
     finally:
         if launched:
-            distributed.shutdown()
+            distributed.shutdown(wait=finished)
 
 
-def _compare(args, default_out, format_table, run_compare) -> int:
+def _compare(args: argparse.Namespace) -> int:
+    from ntk_peft.experiments import default_out, format_table, run_compare
     from ntk_peft.ntk import distributed
 
     results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,

@@ -27,36 +27,42 @@ from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash, tensor_hash
 from ntk_peft.ntk.subsets import SubsetParams, parse_subsets, subset_params
 
-# Recorded captures kept for reuse within one call (each is ~1 GB for 16 SmolLM2-135M prompts).
+# Recorded captures kept for reuse within one `kernel_blocks` call (each is ~1.1 GB for 16 SmolLM2-135M prompts).
 DEFAULT_CACHE_BYTES = 4 << 30
 KERNEL_TYPE = "ntk"
 
 
 class CaptureCache:
-    """Least-recently-used recorded blocks, bounded by their memory.
+    """Recorded blocks kept for reuse, first come first kept, up to ``budget`` bytes.
 
-    ``record(key, make)`` returns the kept value or calls ``make()``; values
-    whose ``nbytes`` would push the total past ``budget`` are used once and
-    not kept (a budget of 0 keeps nothing).
+    ``record(key, make, slot)`` returns a kept value or calls ``make()``. A new
+    value is kept if it fits in what is left of the budget; kept values are
+    never evicted (blocks are visited in cycles, where least-recently-used
+    eviction would miss every time). A value that does not fit is held in
+    ``slot`` (one value per slot name) until the next value for that slot, so
+    a right-hand block is recorded once for all the pairs of its group.
     """
 
     def __init__(self, budget: int = DEFAULT_CACHE_BYTES):
         self.budget = budget
-        self.kept: OrderedDict = OrderedDict()
+        self.kept: dict = {}
+        self.slots: dict = {}
         self.bytes = 0
 
-    def record(self, key, make):
+    def record(self, key, make, slot=None):
         if key in self.kept:
-            self.kept.move_to_end(key)
-            return self.kept[key][0]
+            return self.kept[key]
+        held = self.slots.get(slot)
+        if held is not None and held[0] == key:
+            return held[1]
+        self.slots.pop(slot, None)  # free the held value before making the next
         value = make()
         size = _nbytes(value)
-        while self.kept and self.bytes + size > self.budget:
-            _, (_, freed) = self.kept.popitem(last=False)
-            self.bytes -= freed
-        if size <= self.budget:
-            self.kept[key] = (value, size)
+        if self.bytes + size <= self.budget:
+            self.kept[key] = value
             self.bytes += size
+        elif slot is not None:
+            self.slots[slot] = (key, value)
         return value
 
 
@@ -163,9 +169,10 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
     def features(side: int, index: int):
         key = (0 if symmetric else side, index)
         batch = to_device((batches1 if key[0] == 0 else right)[index], model)
+        slot = "right" if side == 1 else "left"
         if implementation is NtkImplementation.FAST:
-            return cache.record(key, lambda: capture(model, batch))
-        return cache.record(key, lambda: [reference_jacobian(sub, batch) for sub in resolved])
+            return cache.record(key, lambda: capture(model, batch), slot)
+        return cache.record(key, lambda: [reference_jacobian(sub, batch) for sub in resolved], slot)
 
     def compute(block: Block) -> dict[str, torch.Tensor]:
         left_f, right_f = features(0, block.i), features(1, block.j)
@@ -193,7 +200,7 @@ class CrossJob:
 
 def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict], subsets=("full", "row1"), *,
                         targets="all", seed: int = 0, linear_method: str = "auto",
-                        cache_bytes: int = DEFAULT_CACHE_BYTES, progress: bool = True) -> None:
+                        cache_bytes: int = 8 << 30, progress: bool = True) -> None:
     """Fill several stores' cross kernels against the same right-hand blocks, recording each right block once.
 
     The seeds of a k-shot study share their evaluation set: computed one seed at a time, every
@@ -212,18 +219,13 @@ def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict
                                                   targets, seed))
     jobs_by_store = {id(job.store): k for k, job in enumerate(jobs)}
     cache = CaptureCache(cache_bytes)
-    right_kept: dict[int, object] = {}  # the current right block's capture only
-
-    def right_capture(j: int):
-        if j not in right_kept:
-            right_kept.clear()
-            right_kept[j] = capture(model, to_device(right[j], model))
-        return right_kept[j]
+    right_slot = CaptureCache(0)  # right blocks are not needed after their group: never kept, only held
 
     def compute(block: Block) -> dict[str, torch.Tensor]:
         job = jobs_by_store[id(block.store)]
-        right_f = right_capture(block.j)
-        left_f = cache.record((job, block.i), lambda: capture(model, to_device(jobs[job].left[block.i], model)))
+        right_f = right_slot.record(block.j, lambda: capture(model, to_device(right[block.j], model)), "right")
+        left_f = cache.record((job, block.i), lambda: capture(model, to_device(jobs[job].left[block.i], model)),
+                              "left")
         return _fast_kernels(model, names, resolved, left_f, right_f, linear_method)
 
     todo = [Block(job.store, job.name, i, j, tokens(job.left[i]) * tokens(right[j]), group=j, keys=tuple(names))

@@ -96,11 +96,13 @@ def init_from_env() -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Leave the process group (after a last barrier) if `init_from_env` joined one."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group, after a last barrier when ``wait`` (not after an error on this rank:
+    the other ranks may never reach it; torchrun ends them when this one exits)."""
     global _control_group
     if dist.is_available() and dist.is_initialized():
-        barrier()
+        if wait:
+            barrier()
         dist.destroy_process_group()
         _control_group = None
 

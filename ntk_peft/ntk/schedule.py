@@ -112,7 +112,7 @@ def run_blocks(todo: Sequence[Block], compute: Callable[[Block], dict[str, torch
     Args:
         todo: every block the caller needs (stored or not), the same list on every rank.
         compute: block -> tensor name -> tensor (any device; stored on the CPU).
-        progress: tqdm bar on stderr (rank 0 only; it counts rank 0's share).
+        progress: tqdm bar on stderr (rank 0 only: the blocks found stored, then rank 0's share).
         desc: the bar's label.
 
     Returns:
@@ -136,7 +136,8 @@ def run_blocks(todo: Sequence[Block], compute: Callable[[Block], dict[str, torch
     mine = shard([by_key[key] for key in missing], ranks)[distributed.rank()]
     report = RunReport(total=len(todo), found=len(todo) - len(missing))
     label = desc if ranks == 1 else f"{desc} (rank 0 of {ranks})"
-    bar = tqdm(total=len(mine), desc=label, unit="block", disable=not progress or not distributed.is_main())
+    bar = tqdm(total=report.found + len(mine), initial=report.found, desc=label, unit="block",
+               disable=not progress or not distributed.is_main())  # blocks found in the store count as done
     for block in mine:
         begun = time.perf_counter()
         tensors = {k: v.detach().cpu() for k, v in compute(block).items()}

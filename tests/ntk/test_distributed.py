@@ -129,3 +129,12 @@ def test_ntk_compare_under_torchrun_writes_the_results_of_one_process(tmp_path):
             for a, b in zip(one, two):
                 left, right = load_file(str(a)), load_file(str(b))
                 assert all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_a_bad_argument_under_torchrun_ends_every_rank_with_the_one_line_error(tmp_path):
+    done = torchrun(2, "-m", "ntk_peft.cli.compare", "--task", "nosuch", "--subset", "row1", "--model", "tiny-llama",
+                    "--out", str(tmp_path), timeout=300)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("compare.py: error:")
+             or "error: unknown task" in line]
+    assert len(lines) >= 2 and all("nosuch" in line for line in lines)  # one per rank, no hang

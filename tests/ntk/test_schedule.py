@@ -156,19 +156,25 @@ def test_model_hash_is_remembered_until_a_parameter_changes():
     assert model_hash(model) != first
 
 
-def test_capture_cache_keeps_within_budget_and_evicts_least_recent():
+def test_capture_cache_keeps_the_first_values_that_fit_and_holds_one_more_per_slot():
     class Sized:
         def __init__(self, nbytes):
             self.nbytes = nbytes
 
     made = []
     cache = blocked.CaptureCache(budget=10)
-    get = lambda key, size: cache.record(key, lambda: made.append(key) or Sized(size))  # noqa: E731
-    get("a", 4), get("b", 4), get("a", 4), get("c", 4)  # c evicts b (a was used more recently)
-    assert made == ["a", "b", "c"] and list(cache.kept) == ["a", "c"] and cache.bytes == 8
-    get("big", 11)  # over the budget: used once, not kept, and evicts nothing it cannot replace
-    assert "big" not in cache.kept and cache.bytes <= 10
-    assert blocked.CaptureCache(budget=0).record("x", lambda: Sized(1)).nbytes == 1
+    get = lambda key, size, slot=None: cache.record(key, lambda: made.append(key) or Sized(size), slot)  # noqa: E731
+    get("a", 4), get("b", 4), get("a", 4)
+    assert made == ["a", "b"] and list(cache.kept) == ["a", "b"] and cache.bytes == 8
+    get("c", 4, "right"), get("c", 4, "right")  # over the budget: held in its slot, made once
+    get("d", 4, "left"), get("c", 4, "right")  # another slot does not disturb it
+    assert made == ["a", "b", "c", "d"] and list(cache.kept) == ["a", "b"]
+    get("e", 4, "right"), get("c", 4, "right")  # the slot holds one value
+    assert made == ["a", "b", "c", "d", "e", "c"]
+    for _ in range(3):  # cycling over more blocks than fit: the kept ones always hit
+        for key in "abd":
+            get(key, 4, "left")
+    assert made.count("a") == 1 and made.count("b") == 1
 
 
 def test_atomic_write_uses_unique_temporary_files_and_keeps_the_old_file_on_failure(tmp_path):
