@@ -3,7 +3,8 @@
 1. Throughput: SmolLM2-135M, SST-2 (k = 16, seed 42), kernels ``full`` and
    ``row1``, blocks of 16 prompts: the symmetric train kernel (3 block pairs)
    and the train×eval kernel against the first ``--eval-blocks`` evaluation
-   blocks (2 per eval block), all through `kernel_blocks` into a fresh store.
+   blocks (2 per eval block), in one scheduler pass (`run_kernel_jobs`, as
+   ``ntk-compare`` runs every seed's train and dev kernels) into a fresh store.
    Run once as 1 process × 2 threads (the baseline) and once as 2 processes ×
    1 thread (``torchrun --nproc-per-node 2``, gloo); each configuration is
    timed from a barrier after the model is loaded to the end of the last
@@ -52,7 +53,7 @@ def _batches(tok, eval_blocks: int):
 def worker(out: Path, eval_blocks: int) -> None:
     """One rank of a throughput run (launched by torchrun)."""
     from ntk_peft import load_model
-    from ntk_peft.ntk import KernelStore, distributed, kernel_blocks
+    from ntk_peft.ntk import KernelJob, KernelStore, distributed, run_kernel_jobs
 
     distributed.init_from_env()
     model, tok = load_model("smollm2-135m")
@@ -60,8 +61,10 @@ def worker(out: Path, eval_blocks: int) -> None:
     store = KernelStore(out / "store", {"model": "smollm2-135m"})
     distributed.barrier()
     started = time.perf_counter()
-    train = kernel_blocks(model, left, None, SUBSETS, store=store, name="train", progress=False)
-    cross = kernel_blocks(model, left, right, SUBSETS, store=store, name="eval", progress=False)
+    jobs = [KernelJob(model, left, None, SUBSETS, store=store, name="train"),
+            KernelJob(model, left, right, SUBSETS, store=store, name="eval")]
+    run_kernel_jobs(jobs, progress=False)  # one scheduler pass, as ntk-compare runs train and dev
+    train, cross = (job.result() for job in jobs)
     seconds = time.perf_counter() - started
     if distributed.is_main():
         from ntk_peft.io import save_tensors, write_json

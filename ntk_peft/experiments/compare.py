@@ -27,7 +27,17 @@ from ntk_peft.errors import UserError
 from ntk_peft.experiments.checkpoint import resolve_checkpoint
 from ntk_peft.experiments.projections import score_with_projections
 from ntk_peft.io import save_tensors, write_json
-from ntk_peft.ntk import CrossJob, KernelStore, batches_hash, distributed, kernel_blocks, model_hash, shared_cross_blocks
+from ntk_peft.ntk import (
+    CrossJob,
+    KernelJob,
+    KernelStore,
+    batches_hash,
+    distributed,
+    kernel_blocks,
+    model_hash,
+    run_kernel_jobs,
+    shared_cross_blocks,
+)
 from ntk_peft.solvers import make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
 
@@ -278,6 +288,11 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
         model = fold_adapter(model, checkpoint.adapter_folder).to(distributed.device())
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
+    # Every seed's train and dev blocks in one scheduler pass: enough blocks to share over many ranks.
+    run_kernel_jobs([KernelJob(model, p.batches["train"], other, kernel_names, implementation, store=p.store,
+                               name=name) for p in plans
+                     for name, other in (("train", None), ("dev", p.batches["dev"]))], progress=progress,
+                    desc="eNTK train and dev blocks")
     shared_f0: dict = {}
     fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,
                      implementation=implementation, prompt=prompt, progress=progress, shared_f0=shared_f0,

@@ -6,7 +6,15 @@ the implementations and their costs.
 """
 
 from ntk_peft.ntk import distributed
-from ntk_peft.ntk.blocked import CaptureCache, CrossJob, kernel_blocks, kernel_identity, shared_cross_blocks
+from ntk_peft.ntk.blocked import (
+    CaptureCache,
+    CrossJob,
+    KernelJob,
+    kernel_blocks,
+    kernel_identity,
+    run_kernel_jobs,
+    shared_cross_blocks,
+)
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.engine import empirical_ntk
 from ntk_peft.ntk.implementations import NtkImplementation
@@ -21,6 +29,7 @@ __all__ = [
     "Capture",
     "CaptureCache",
     "CrossJob",
+    "KernelJob",
     "KernelStore",
     "MemoryStore",
     "NtkImplementation",
@@ -36,6 +45,7 @@ __all__ = [
     "parse_subsets",
     "reference_jacobian",
     "run_blocks",
+    "run_kernel_jobs",
     "shard",
     "shared_cross_blocks",
     "subset_params",

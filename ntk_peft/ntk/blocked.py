@@ -12,7 +12,6 @@ refuses a store whose kernel of that name was computed otherwise.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +127,76 @@ def _mirror(kernel: torch.Tensor) -> torch.Tensor:
     return kernel.permute(1, 0, 3, 2)
 
 
+class KernelJob:
+    """One blocked kernel: its identity claimed in its store, its block pairs, and how to compute one.
+
+    `kernel_blocks` runs one job; `run_kernel_jobs` runs several in one scheduler pass (e.g. the
+    train and dev kernels of every seed), so that many ranks have enough blocks to share, and jobs
+    that read the same prompt blocks (a seed's train blocks, in its train and dev kernels) share one
+    capture cache. Arguments as `kernel_blocks`.
+    """
+
+    def __init__(self, model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
+                 subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
+                 name: str = "kernel", targets="all", seed: int = 0, linear_method: str = "auto"):
+        self.model, self.left, self.linear_method = model, batches1, linear_method
+        self.implementation = NtkImplementation.parse(implementation)
+        specs = parse_subsets(subsets)
+        self.names = [str(s) for s in specs]
+        self.symmetric = batches2 is None
+        self.right = batches1 if self.symmetric else batches2
+        self.resolved = [subset_params(model, s, targets, seed) for s in specs]
+        self.store = MemoryStore() if store is None else store
+        self.name = name
+        self.store.claim(name, kernel_identity(model, self.resolved, batches1, batches2, self.implementation,
+                                               targets, seed))
+        self.cache = CaptureCache(DEFAULT_CACHE_BYTES)
+
+    def blocks(self, tag=0) -> list[Block]:
+        """Every block pair; pairs that share a right-hand block form a group (its capture is recorded once).
+        ``tag`` tells groups of different jobs apart (the same on every rank)."""
+        return [Block(self.store, self.name, i, j, tokens(self.left[i]) * tokens(self.right[j]), group=(tag, j),
+                      keys=tuple(self.names))
+                for j in range(len(self.right)) for i in range(len(self.left)) if not self.symmetric or i <= j]
+
+    def _features(self, side: int, index: int):
+        batch = (self.left if side == 0 or self.symmetric else self.right)[index]
+        slot = "right" if side == 1 else "left"
+        on_device = to_device(batch, self.model)
+        if self.implementation is NtkImplementation.FAST:  # a capture depends on the model and prompts only
+            return self.cache.record(id(batch), lambda: capture(self.model, on_device), slot)
+        return self.cache.record((id(self), id(batch)),
+                                 lambda: [reference_jacobian(sub, on_device) for sub in self.resolved], slot)
+
+    def compute(self, block: Block) -> dict[str, torch.Tensor]:
+        left_f, right_f = self._features(0, block.i), self._features(1, block.j)
+        if self.implementation is NtkImplementation.FAST:
+            return _fast_kernels(self.model, self.names, self.resolved, left_f, right_f, self.linear_method)
+        return {n: dense_kernel(a, b).detach() for n, a, b in zip(self.names, left_f, right_f)}
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """subset -> ``[N1, N2, C, C]`` float64, assembled from the stored blocks."""
+        results = {(b.i, b.j): self.store.load(*b.key) for b in self.blocks()}
+        return {n: _assemble(results, n, self.left, self.right, self.symmetric) for n in self.names}
+
+
+def run_kernel_jobs(jobs: list[KernelJob], *, progress: bool = True, desc: str = "eNTK blocks",
+                    cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+    """Compute every missing block of several kernels in one `run_blocks` pass (one capture cache of
+    ``cache_bytes`` for all of them); read the kernels back with `KernelJob.result`."""
+    cache = CaptureCache(cache_bytes)
+    owners: dict[int, KernelJob] = {}
+    todo = []
+    for tag, job in enumerate(jobs):
+        job.cache = cache
+        for block in job.blocks(tag):
+            owners[id(block)] = job
+            todo.append(block)
+    run_blocks(todo, lambda block: owners[id(block)].compute(block), progress=progress, desc=desc)
+    for job in jobs:
+        job.cache = CaptureCache(0)  # free the captures
+
+
 def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
                   subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
                   name: str = "kernel", targets="all", seed: int = 0, progress: bool = True,
@@ -156,37 +225,10 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
     Raises:
         UserError: the store holds a kernel ``name`` of other inputs.
     """
-    implementation = NtkImplementation.parse(implementation)
-    specs = parse_subsets(subsets)
-    names = [str(s) for s in specs]
-    symmetric = batches2 is None
-    right = batches1 if symmetric else batches2
-    resolved = [subset_params(model, s, targets, seed) for s in specs]
-    store = MemoryStore() if store is None else store
-    store.claim(name, kernel_identity(model, resolved, batches1, batches2, implementation, targets, seed))
-    cache = CaptureCache(cache_bytes)
-
-    def features(side: int, index: int):
-        key = (0 if symmetric else side, index)
-        batch = to_device((batches1 if key[0] == 0 else right)[index], model)
-        slot = "right" if side == 1 else "left"
-        if implementation is NtkImplementation.FAST:
-            return cache.record(key, lambda: capture(model, batch), slot)
-        return cache.record(key, lambda: [reference_jacobian(sub, batch) for sub in resolved], slot)
-
-    def compute(block: Block) -> dict[str, torch.Tensor]:
-        left_f, right_f = features(0, block.i), features(1, block.j)
-        if implementation is NtkImplementation.FAST:
-            return _fast_kernels(model, names, resolved, left_f, right_f, linear_method)
-        return {n: dense_kernel(a, b).detach() for n, a, b in zip(names, left_f, right_f)}
-
-    # Pairs that share a right-hand block run together (its capture is recorded once).
-    todo = [Block(store, name, i, j, tokens(batches1[i]) * tokens(right[j]), group=j, keys=tuple(names))
-            for j in range(len(right)) for i in range(len(batches1)) if not symmetric or i <= j]
-    run_blocks(todo, compute, progress=progress, desc=f"eNTK {name} blocks")
-    del cache
-    results = {(b.i, b.j): store.load(*b.key) for b in todo}
-    return {n: _assemble(results, n, batches1, right, symmetric) for n in names}
+    job = KernelJob(model, batches1, batches2, subsets, implementation, store=store, name=name, targets=targets,
+                    seed=seed, linear_method=linear_method)
+    run_kernel_jobs([job], progress=progress, desc=f"eNTK {name} blocks", cache_bytes=cache_bytes)
+    return job.result()
 
 
 @dataclass

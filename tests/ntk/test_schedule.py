@@ -192,3 +192,24 @@ def test_atomic_write_uses_unique_temporary_files_and_keeps_the_old_file_on_fail
             tmp.write_text("half")
             raise RuntimeError("writer died")
     assert target.read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_kernel_jobs_in_one_pass_equal_separate_calls_and_share_captures(setup, tmp_path, monkeypatch):
+    """A seed's train and dev kernels in one pass: the train blocks are recorded once for both."""
+    from ntk_peft.ntk import KernelJob, run_kernel_jobs
+
+    model, blocks = setup
+    train, dev = blocks[:2], blocks[2:]
+    separate = {"train": kernel_blocks(model, train, None, SUBSETS, progress=False),
+                "dev": kernel_blocks(model, train, dev, SUBSETS, progress=False)}
+    recorded = []
+    original = blocked.capture
+    monkeypatch.setattr(blocked, "capture", lambda m, batch: recorded.append(batch) or original(m, batch))
+    store = KernelStore(tmp_path, {})
+    jobs = [KernelJob(model, train, None, SUBSETS, store=store, name="train"),
+            KernelJob(model, train, dev, SUBSETS, store=store, name="dev")]
+    run_kernel_jobs(jobs, progress=False)
+    assert len(recorded) == 3  # two train blocks and one dev block, each once
+    for job in jobs:
+        for key, value in job.result().items():
+            assert torch.equal(value, separate[job.name][key])
