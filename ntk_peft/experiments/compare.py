@@ -289,17 +289,18 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
     # Every seed's train and dev blocks in one scheduler pass: enough blocks to share over many ranks.
+    kernels_started = time.perf_counter()
     run_kernel_jobs([KernelJob(model, p.batches["train"], other, kernel_names, implementation, store=p.store,
                                name=name) for p in plans
                      for name, other in (("train", None), ("dev", p.batches["dev"]))], progress=progress,
                     desc="eNTK train and dev blocks")
+    timing = {"train_dev_blocks_wall": time.perf_counter() - kernels_started}
     shared_f0: dict = {}
     fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,
                      implementation=implementation, prompt=prompt, progress=progress, shared_f0=shared_f0,
                      kernels_0=kernels_0.get(plan.seed)) for plan in plans]
     by_projection = not eval_kernels and all(f.models[n].direction_weights() is not None
                                              for f in fits for n in kernel_names)
-    timing = {}
     if by_projection:  # K_eval·W as ⟨∂f(x)/∂θ_S, v⟩: one projection per seed and kernel, no eval kernel
         accuracies, timing["projections_recorded"] = score_with_projections(
             model, fits, kernel_names, out / "eval-projections", model_name=model_name,
