@@ -19,9 +19,14 @@
    subset fingerprints and the model hash, remembered after the first call) is
    timed separately.
 
+3. The RoCoFT study's time (13 tasks, 5 seeds, k = 16 and 64) on 1 and 4
+   ranks from the measured time per block (`plan_study`: block counts from the
+   splits, cost scaled by prompt tokens and classes), or on 1, 4 and 8 ranks
+   from a given time per block (``--plan BLOCK_S``, e.g. one measured on a GPU).
+
 Usage::
 
-    python benchmarks/bench_distributed.py [--eval-blocks 6] [--blocks 200]
+    python benchmarks/bench_distributed.py [--eval-blocks 6] [--blocks 200] [--plan BLOCK_S]
 """
 
 from __future__ import annotations
@@ -125,14 +130,52 @@ def overhead(blocks: int) -> dict:
             "identity_later_call_s": timings[1]}
 
 
+# The RoCoFT study (tables 5 and 6): tasks, classes C and mean prompt tokens of SmolLM2's prompts (train, eval),
+# measured with make_batch on the k = 16 splits (seed 13; eval: first 256 prompts).
+STUDY = {"sst2": (2, 30, 28, 872), "sst5": (5, 26, 29, 2210), "mr": (2, 31, 31, 2000), "cr": (2, 25, 29, 2000),
+         "mpqa": (2, 10, 10, 2000), "subj": (2, 45, 44, 2000), "trec": (6, 22, 18, 500), "mnli": (3, 48, 48, 1000),
+         "snli": (3, 36, 37, 1000), "qnli": (2, 70, 67, 5463), "rte": (2, 77, 79, 277), "mrpc": (2, 78, 76, 408),
+         "qqp": (2, 50, 47, 1000)}
+
+
+def plan_study(block_s: float, ranks: int, k: int, seeds: int = 5, block: int = 16) -> float:
+    """Seconds for every task's kernels and projections at ``k`` over ``ranks`` ranks (a model, not a run).
+
+    A 16×16 kernel block costs ``block_s`` at 30×30 tokens and C = 2, scaled by tokens_left·tokens_right/30²
+    and by C/2 (C backward passes, C² contractions reduced to ~C); a projection block costs ``block_s``·
+    tokens/30·C/2 (recording dominates). Each task runs two passes (every seed's train and dev blocks;
+    the evaluation projections), each sharded over the ranks: a pass takes max(total / ranks, one block).
+    TREC has no k = 64 split (a class has 75 examples) and is left out there.
+    """
+    total = 0.0
+    for C, train_tokens, eval_tokens, n_eval in STUDY.values():
+        if k == 64 and C == 6:
+            continue
+        blocks = -(-k * C // block)
+        kernel = block_s * (train_tokens / 30) ** 2 * C / 2
+        pairs = seeds * (blocks * (blocks + 1) // 2 + blocks * blocks)
+        projection = block_s * eval_tokens / 30 * C / 2
+        eval_blocks = -(-n_eval // block)
+        total += max(pairs * kernel / ranks, kernel) + max(eval_blocks * projection / ranks, projection)
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-blocks", type=int, default=6)
     parser.add_argument("--blocks", type=int, default=200)
+    parser.add_argument("--plan", type=float, default=None, metavar="BLOCK_S",
+                        help="only print the study plan for this time per 16x16 block on one rank")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
         worker(args.worker, args.eval_blocks)
+        return
+    if args.plan is not None:
+        for ranks in (1, 4, 8):
+            hours = [plan_study(args.plan, ranks, k) / 3600 for k in (16, 64)]
+            print(f"RoCoFT study, {ranks} rank(s) at {args.plan:.2f} s per block: k=16 {hours[0]:.1f} h, "
+                  f"k=64 {hours[1]:.1f} h")
         return
     measured = throughput(args.eval_blocks)
     cost = overhead(args.blocks)
@@ -147,6 +190,10 @@ def main() -> None:
           f"{cost['per_found_block_s'] * 1e3:.2f} ms")
     print(f"identity check per kernel_blocks call: first {cost['identity_first_call_s']:.2f} s (model hash), "
           f"later {cost['identity_later_call_s']:.3f} s")
+    for ranks in (1, 4):
+        hours = [plan_study(block_s, ranks, k) / 3600 for k in (16, 64)]
+        print(f"RoCoFT study plan (`plan_study`), {ranks} rank(s) of 1 process x 2 threads: k=16 {hours[0]:.1f} h, "
+              f"k=64 {hours[1]:.1f} h")
 
 
 if __name__ == "__main__":
