@@ -138,3 +138,24 @@ def test_a_bad_argument_under_torchrun_ends_every_rank_with_the_one_line_error(t
     lines = [line for line in done.stderr.splitlines() if line.startswith("compare.py: error:")
              or "error: unknown task" in line]
     assert len(lines) >= 2 and all("nosuch" in line for line in lines)  # one per rank, no hang
+
+
+def test_the_documented_multi_node_command_with_two_nodes_on_this_machine(one_process, tmp_path):
+    """README's N-machine line with N = 2 (both 'nodes' here, on loopback), --out on the shared folder."""
+    import socket
+
+    reference, _ = one_process
+    with socket.socket() as probe:  # a free port for node 0's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NTK_PEFT_BACKEND": "gloo"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={rank}",
+                               "--nproc-per-node=1", "--master-addr=127.0.0.1", f"--master-port={port}", str(WORKER),
+                               str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=600)
+        assert node.returncode == 0, err[-3000:]
+    for rank in (0, 1):
+        got = load_file(str(tmp_path / f"rank-{rank}.safetensors"))
+        assert all(torch.equal(got[key], reference[key]) for key in reference)
