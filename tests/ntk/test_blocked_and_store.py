@@ -27,12 +27,8 @@ SUBSETS = ("full", "row1", "lora1")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=4)
-    train = load_split("sst2").train
-    blocks = [make_batch(tok, "sst2", train[i : i + 3]) for i in range(0, 9, 3)]
-    evals = [make_batch(tok, "sst2", train[i : i + 2]) for i in range(20, 24, 2)]
-    return model, blocks, evals
+def setup(llama_blocks):
+    return llama_blocks
 
 
 def _meta(model, blocks):

@@ -24,16 +24,13 @@ from ntk_peft.ntk import (
     subset_params,
 )
 from ntk_peft.ntk.implementations import NtkImplementation
-from ntk_peft.tasks import load_split, make_batch
 
 SUBSETS = ("full", "row1", "lora1")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=4)
-    train = load_split("sst2").train
-    blocks = [make_batch(tok, "sst2", train[i : i + 3]) for i in range(0, 9, 3)]
+def setup(llama_blocks):
+    model, blocks, _ = llama_blocks
     return model, blocks
 
 
