@@ -174,8 +174,8 @@ def main() -> None:
     if args.plan is not None:
         for ranks in (1, 4, 8):
             hours = [plan_study(args.plan, ranks, k) / 3600 for k in (16, 64)]
-            print(f"RoCoFT study, {ranks} rank(s) at {args.plan:.2f} s per block: k=16 {hours[0]:.1f} h, "
-                  f"k=64 {hours[1]:.1f} h")
+            print(f"RoCoFT study, {ranks} rank(s) at {args.plan:.2f} s per block: k=16 {hours[0]:.2f} h, "
+                  f"k=64 {hours[1]:.2f} h")
         return
     measured = throughput(args.eval_blocks)
     cost = overhead(args.blocks)
@@ -193,7 +193,7 @@ def main() -> None:
     for ranks in (1, 4):
         hours = [plan_study(block_s, ranks, k) / 3600 for k in (16, 64)]
         print(f"RoCoFT study plan (`plan_study`), {ranks} rank(s) of 1 process x 2 threads: k=16 {hours[0]:.1f} h, "
-              f"k=64 {hours[1]:.1f} h")
+              f"k=64 {hours[1]:.2f} h")
 
 
 if __name__ == "__main__":
