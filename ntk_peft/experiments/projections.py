@@ -75,12 +75,18 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
         if not state:
             subsets = {str(s): subset_params(model, s, targets, seed) for s in parse_subsets(names)}
             state["subsets"], state["directions"] = subsets, {}
-            for n in names:
-                per_seed = [subset_directions(subsets[n], [to_device(b, model) for b in f.plan.batches["train"]],
-                                              w.to(device=_device(model), dtype=_dtype(model)))
-                            for f, w in zip(fits, weights[n])]
-                state["directions"][n] = {k: torch.cat([d[k] for d in per_seed]) for k in per_seed[0]}
-                del per_seed
+            for n in names:  # every seed's directions side by side, written in place (a `full` one is model-sized)
+                stacked, first = None, 0
+                for f, w in zip(fits, weights[n]):
+                    one = subset_directions(subsets[n], [to_device(b, model) for b in f.plan.batches["train"]],
+                                            w.to(device=_device(model), dtype=_dtype(model)))
+                    if stacked is None:
+                        stacked = {k: v.new_empty(sum(counts[n]), *v.shape[1:]) for k, v in one.items()}
+                    for k, v in one.items():
+                        stacked[k][first : first + v.shape[0]] = v
+                    first += w.shape[2]
+                    del one
+                state["directions"][n] = stacked
         return state["subsets"], state["directions"]
 
     def compute(block: Block) -> dict[str, torch.Tensor]:
