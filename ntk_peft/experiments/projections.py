@@ -51,8 +51,11 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
                            progress: bool = True) -> tuple[list[dict[str, float]], float]:
     """Eval accuracy per seed and kernel from projections; returns (accuracies, compute seconds recorded).
 
-    Under torch.distributed the evaluation blocks are shared out over the ranks (every rank needs
-    the same fitted models); rank 0 returns the accuracies, the others empty dicts.
+    The directions (one backward pass over a seed's training prompts per seed and kernel) are
+    computed as blocks of the same store, so an interrupted run keeps them, and removed once every
+    projection is stored. Under torch.distributed the directions and evaluation blocks are shared out
+    over the ranks (every rank needs the same fitted models); rank 0 returns the accuracies, the
+    others empty dicts.
 
     Args:
         fits: `SeedFit` per seed (same evaluation set and blocks).
@@ -68,38 +71,56 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
                          else list(targets), "seed": seed, "implementation": implementation,
                          "dtype": str(_dtype(model)).replace("torch.", "")})
     counts = {n: [w.shape[2] for w in weights[n]] for n in names}  # directions per seed
+    keys = tuple(f"P/{n}" for n in names)
+    todo = [Block(store, "eval", 0, j, tokens(batch), keys=keys) for j, batch in enumerate(eval_batches)]
+    needed = distributed.broadcast(distributed.is_main() and any(not store.readable(*b.key, keys=keys)
+                                                                 for b in todo))
     state: dict = {}
 
-    def directions():
-        """Subsets and every seed's directions, built on a rank's first missing block only."""
-        if not state:
-            subsets = {str(s): subset_params(model, s, targets, seed) for s in parse_subsets(names)}
-            state["subsets"], state["directions"] = subsets, {}
-            for n in names:  # every seed's directions side by side, written in place (a `full` one is model-sized)
-                stacked, first = None, 0
-                for f, w in zip(fits, weights[n]):
-                    one = subset_directions(subsets[n], [to_device(b, model) for b in f.plan.batches["train"]],
-                                            w.to(device=_device(model), dtype=_dtype(model)))
-                    if stacked is None:
-                        stacked = {k: v.new_empty(sum(counts[n]), *v.shape[1:]) for k, v in one.items()}
-                    for k, v in one.items():
-                        stacked[k][first : first + v.shape[0]] = v
-                    first += w.shape[2]
-                    del one
-                state["directions"][n] = stacked
-        return state["subsets"], state["directions"]
+    def subsets():
+        if "subsets" not in state:
+            state["subsets"] = {str(s): subset_params(model, s, targets, seed) for s in parse_subsets(names)}
+        return state["subsets"]
+
+    def compute_direction(block: Block) -> dict[str, torch.Tensor]:
+        """One seed's directions of one kernel (block ``direction-<seed index>-<kernel index>``)."""
+        name, fit = names[block.j], fits[block.i]
+        weight = weights[name][block.i].to(device=_device(model), dtype=_dtype(model))
+        return subset_directions(subsets()[name], [to_device(b, model) for b in fit.plan.batches["train"]], weight)
+
+    if needed:  # directions (one backward pass per seed and kernel) as blocks: shared over ranks, resumable
+        cost = [float(sum(tokens(b) for b in f.plan.batches["train"])) for f in fits]
+        run_blocks([Block(store, "direction", k, m, cost[k]) for m in range(len(names)) for k in range(len(fits))],
+                   compute_direction, progress=progress, desc="eval directions")
+
+    def directions(name: str) -> dict[str, torch.Tensor]:
+        """Every seed's directions of one kernel side by side (read once per rank; a `full` one is model-sized)."""
+        if name not in state:
+            stacked, first = None, 0
+            for k in range(len(fits)):
+                one = store.load("direction", k, names.index(name))
+                if stacked is None:
+                    stacked = {key: v.new_empty(sum(counts[name]), *v.shape[1:]) for key, v in one.items()}
+                for key, v in one.items():
+                    stacked[key][first : first + v.shape[0]] = v
+                first += counts[name][k]
+                del one
+            state[name] = {key: v.to(_device(model)) for key, v in stacked.items()}
+        return state[name]
 
     def compute(block: Block) -> dict[str, torch.Tensor]:
-        subsets, vectors = directions()
         batch = to_device(eval_batches[block.j], model)
         if implementation == "fast":
             recorded = capture(model, batch)
-            return {f"P/{n}": project_directions(model, subsets[n], recorded, vectors[n]) for n in names}
-        return {f"P/{n}": reference_projection(subsets[n], batch, vectors[n]) for n in names}
+            return {f"P/{n}": project_directions(model, subsets()[n], recorded, directions(n)) for n in names}
+        return {f"P/{n}": reference_projection(subsets()[n], batch, directions(n)) for n in names}
 
-    keys = tuple(f"P/{n}" for n in names)
-    todo = [Block(store, "eval", 0, j, tokens(batch), keys=keys) for j, batch in enumerate(eval_batches)]
     run_blocks(todo, compute, progress=progress, desc="eval projections")
+    if needed and distributed.is_main():  # every projection is stored: the directions are not needed again
+        seconds = store.compute_seconds("direction")  # kept (in a small block) for the compute time recorded
+        store.save("directions", 0, 0, {"seconds": torch.tensor([seconds], dtype=torch.float64)}, seconds=seconds)
+        for path in (store.folder / "blocks").glob("direction-*.safetensors"):
+            path.unlink(missing_ok=True)
     state.clear()
     if not distributed.is_main():  # rank 0 scores (it alone holds f0)
         return [{} for _ in fits], 0.0
@@ -115,7 +136,7 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
             offsets = fit.f0["eval"].numpy() if fit.offset else None
             labels = np.array([e.label for e in fit.plan.evaluation])
             accuracies[k][n] = float(np.mean(fit.models[n].predict_from_projections(part, offsets) == labels))
-    return accuracies, store.compute_seconds("eval")
+    return accuracies, store.compute_seconds("eval") + store.compute_seconds("directions")
 
 
 def _device(model) -> torch.device:

@@ -98,7 +98,7 @@ def test_projections_score_exactly_as_the_eval_kernels(tmp_path, task, solver):
     from safetensors.torch import load_file
 
     folder = next((tmp_path / "projections").iterdir())
-    blocks = [load_file(str(p)) for p in sorted((folder / "blocks").iterdir(), key=lambda p: int(p.stem.split("-")[2]))]
+    blocks = [load_file(str(p)) for p in sorted((folder / "blocks").glob("eval-*"), key=lambda p: int(p.stem.split("-")[2]))]
     restore = torch.from_numpy(np.argsort(plans[0].eval_order))
     for name in names:
         projections = torch.cat([b[f"P/{name}"] for b in blocks])[restore]
@@ -212,3 +212,40 @@ def test_changing_only_max_eval_reuses_the_train_and_dev_kernels(capsys, tmp_pat
     assert code == 0, err
     names = {p.name.rsplit("-", 2)[0] for p in (tmp_path / "seed-13" / "blocks").glob("eval-*")}
     assert len(names) == 1 and len(next(iter(names))) == len("eval-") + 12
+
+
+def test_directions_are_resumable_blocks_removed_once_every_projection_is_stored(tmp_path, monkeypatch):
+    """An interruption after the directions keeps them; the rerun reads them back and then deletes them."""
+    import torch
+
+    from ntk_peft import load_model
+    from ntk_peft.experiments import projections as module
+    from ntk_peft.experiments.compare import fit_seed, plan_seed
+
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    names = ["full", "row1"]
+    plans = [plan_seed(model, tok, "tiny-llama", "sst2", names, 4, seed, tmp_path, max_eval=10, block_size=4)
+             for seed in (13, 21)]
+    fits = [fit_seed(model, tok, "sst2", names, plan, progress=False) for plan in plans]
+    clean, _ = module.score_with_projections(model, fits, names, tmp_path / "clean", model_name="tiny-llama",
+                                             progress=False)
+    calls = {"directions": 0}
+    original_directions, original_projection = module.subset_directions, module.project_directions
+    monkeypatch.setattr(module, "subset_directions",
+                        lambda *a, **k: calls.__setitem__("directions", calls["directions"] + 1)
+                        or original_directions(*a, **k))
+
+    def dying(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "project_directions", dying)
+    with pytest.raises(KeyboardInterrupt):
+        module.score_with_projections(model, fits, names, tmp_path / "run", model_name="tiny-llama", progress=False)
+    folder = next((tmp_path / "run").iterdir()) / "blocks"
+    assert calls["directions"] == 4 and len(list(folder.glob("direction-*"))) == 4  # 2 seeds x 2 kernels
+    monkeypatch.setattr(module, "project_directions", original_projection)
+    resumed, seconds = module.score_with_projections(model, fits, names, tmp_path / "run", model_name="tiny-llama",
+                                                     progress=False)
+    assert calls["directions"] == 4 and resumed == clean  # read back, not recomputed
+    assert not list(folder.glob("direction-*")) and (folder / "directions-0-0.safetensors").is_file()
+    assert seconds > 0
