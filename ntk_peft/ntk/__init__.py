@@ -2,7 +2,10 @@
 
 `empirical_ntk(model, batch1, batch2, subsets, implementation)` returns one
 ``[n1, n2, C, C]`` float64 kernel per subset; see `NtkImplementation` for
-the implementations and their costs.
+the implementations and their costs. `kernel_blocks` (one `KernelJob`) and
+`run_kernel_jobs` compute large kernels block by block into a `KernelStore`
+through the one scheduler `run_blocks`, shared over the ranks of a
+torch.distributed process group (`distributed`).
 """
 
 from ntk_peft.ntk import distributed

@@ -35,8 +35,8 @@ from ntk_peft.errors import UserError
 from ntk_peft.io import save_tensors, write_json
 
 # Keys of meta.json that must match for a store to be reused.
-IDENTITY_KEYS = ("model", "model_hash", "task", "seed", "subsets", "implementation", "prompt", "inputs_hash",
-                 "block_size")
+IDENTITY_KEYS = ("model", "model_hash", "task", "seed", "k", "subsets", "implementation", "prompt", "inputs_hash",
+                 "train_dev_inputs_hash", "block_size")
 
 
 def tensor_hash(tensors) -> str:

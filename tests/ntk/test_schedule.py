@@ -210,3 +210,11 @@ def test_kernel_jobs_in_one_pass_equal_separate_calls_and_share_captures(setup, 
     for job in jobs:
         for key, value in job.result().items():
             assert torch.equal(value, separate[job.name][key])
+
+
+def test_store_refuses_a_run_of_another_k_or_other_train_and_dev_prompts(tmp_path):
+    KernelStore(tmp_path, {"k": 16, "train_dev_inputs_hash": "a"})
+    with pytest.raises(UserError, match=r"\(k differ\)"):
+        KernelStore(tmp_path, {"k": 64, "train_dev_inputs_hash": "a"})
+    with pytest.raises(UserError, match=r"\(train_dev_inputs_hash differ\)"):
+        KernelStore(tmp_path, {"k": 16, "train_dev_inputs_hash": "b"})
