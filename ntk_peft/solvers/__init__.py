@@ -2,8 +2,11 @@
 
 Zero-shot (argmax of the pretrained label logits), kernel logistic
 regression (``klr``), kernel ridge (``krr``) and SVM (``svm``) behind one
-scikit-learn compatible interface.
+scikit-learn compatible interface, and the asymmetric LS-SVM (AsK-LS) for
+asymmetric kernels such as LM-Kernel-FT's asymmetric SignGD kernel.
 """
+
+from ntk_peft.solvers.asymmetric import AsymmetricLSSVM
 
 from ntk_peft.solvers.estimators import (
     SOLVERS,
@@ -19,6 +22,7 @@ from ntk_peft.solvers.zeroshot import accuracy, predict_logits
 
 __all__ = [
     "SOLVERS",
+    "AsymmetricLSSVM",
     "KernelLogisticRegression",
     "KernelRidgeClassifier",
     "KernelSVMClassifier",

@@ -1,0 +1,87 @@
+"""The asymmetric LS-SVM (AsK-LS): its linear system, its primal, its symmetric special case."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ntk_peft.errors import UserError
+from ntk_peft.solvers.asymmetric import AsymmetricLSSVM
+
+
+def _features(n=12, m=5, p=7, seed=0):
+    rng = np.random.default_rng(seed)
+    phi, psi = rng.normal(size=(n + m, p)), rng.normal(size=(n + m, p))  # K(u, v) = <phi(u), psi(v)>
+    y = np.array([0, 1] * (n // 2))
+    return phi, psi, y, n
+
+
+def test_solution_equals_a_direct_dense_solve_of_the_2n_system():
+    phi, psi, y, n = _features()
+    kernel = phi[:n] @ psi[:n].T
+    lam = 0.3
+    model = AsymmetricLSSVM(lam=lam).fit(kernel, y)
+    t = 2.0 * y - 1.0
+    h = t[:, None] * kernel * t[None, :]
+    system = np.block([[np.eye(n) * lam, h], [h.T, np.eye(n) * lam]])
+    direct = np.linalg.solve(system, np.ones(2 * n))
+    assert np.allclose(model.alpha_, direct[:n], rtol=1e-10, atol=1e-12)
+    assert np.allclose(model.beta_, direct[n:], rtol=1e-10, atol=1e-12)
+
+
+def test_dual_solution_is_a_stationary_point_of_the_primal_and_scores_with_both_feature_maps():
+    phi, psi, y, n = _features(seed=1)
+    lam = 0.5
+    gamma = 1 / lam
+    model = AsymmetricLSSVM(lam=lam, mix=0.3).fit(phi[:n] @ psi[:n].T, y)
+    t = 2.0 * y - 1.0
+    omega = (model.beta_ * t) @ psi[:n]  # the model on phi
+    nu = (model.alpha_ * t) @ phi[:n]  # the model on psi
+    e, r = 1 - t * (phi[:n] @ omega), 1 - t * (psi[:n] @ nu)
+    # gradient of <w, v> + g/2 |1 - t<w, phi>|^2 + g/2 |1 - t<v, psi>|^2 in w and in v
+    assert np.allclose(nu - gamma * (e * t) @ phi[:n], 0, atol=1e-10)
+    assert np.allclose(omega - gamma * (r * t) @ psi[:n], 0, atol=1e-10)
+    new_phi, new_psi = phi[n:], psi[n:]
+    scores = model.decision_scores(new_phi @ psi[:n].T, flipped=phi[:n] @ new_psi.T)
+    assert np.allclose(scores, 0.3 * new_psi @ nu + 0.7 * new_phi @ omega, atol=1e-10)
+
+
+def test_a_symmetric_kernel_gives_alpha_equal_beta_the_plain_ls_svm():
+    phi, _, y, n = _features(seed=2)
+    kernel = phi[:n] @ phi[:n].T
+    model = AsymmetricLSSVM(lam=0.1).fit(kernel, y)
+    t = 2.0 * y - 1.0
+    ls_svm = np.linalg.solve(np.eye(n) * 0.1 + t[:, None] * kernel * t[None, :], np.ones(n))
+    assert np.allclose(model.alpha_, model.beta_, rtol=1e-9) and np.allclose(model.alpha_, ls_svm, rtol=1e-9)
+    evaluation = phi[n:] @ phi[:n].T
+    for mix in (0.0, 0.5, 1.0):  # the flip is the transpose, so every mix predicts the same
+        model.set_params(mix=mix)
+        assert np.allclose(model.decision_scores(evaluation), evaluation @ (ls_svm * t), rtol=1e-9)
+
+
+def test_four_dimensional_kernels_and_the_f0_offset():
+    rng = np.random.default_rng(3)
+    n = 8
+    kernel = rng.normal(size=(n, n, 2, 2))
+    y = np.array([0, 1] * (n // 2))
+    f0 = rng.normal(size=(n, 2))
+    model = AsymmetricLSSVM(lam=0.2).fit(kernel, y, f0)
+    difference = kernel[..., 1, 1] - kernel[..., 1, 0] - kernel[..., 0, 1] + kernel[..., 0, 0]
+    twin = AsymmetricLSSVM(lam=0.2).fit(difference, y, f0[:, 1] - f0[:, 0])
+    assert np.allclose(model.alpha_, twin.alpha_) and np.allclose(model.targets_, 2 * y - 1 - (f0[:, 1] - f0[:, 0]))
+    without = model.decision_scores(kernel)
+    assert np.allclose(model.decision_scores(kernel, f0), without + f0[:, 1] - f0[:, 0])
+    assert model.predict(kernel, f0).tolist() == (without + f0[:, 1] - f0[:, 0] > 0).astype(int).tolist()
+    assert np.allclose(model.predict_proba(kernel).sum(1), 1)
+
+
+@pytest.mark.parametrize("kernel,y,match", [
+    (np.zeros((4, 4, 3, 3)), [0, 1, 2, 0], "two classes only"),
+    (np.zeros((4, 4)), [0, 1, 2, 0], "two classes"),
+    (np.zeros((4, 3)), [0, 1, 1, 0], r"must be \[n, n\]"),
+    (np.full((2, 2), np.nan), [0, 1], "NaN"),
+])
+def test_bad_input_is_refused_in_one_line(kernel, y, match):
+    with pytest.raises(UserError, match=match) as caught:
+        AsymmetricLSSVM().fit(kernel, y)
+    assert "\n" not in str(caught.value)
