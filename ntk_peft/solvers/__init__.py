@@ -7,7 +7,6 @@ asymmetric kernels such as LM-Kernel-FT's asymmetric SignGD kernel.
 """
 
 from ntk_peft.solvers.asymmetric import AsymmetricLSSVM
-
 from ntk_peft.solvers.estimators import (
     SOLVERS,
     KernelLogisticRegression,
