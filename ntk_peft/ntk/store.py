@@ -138,7 +138,6 @@ class KernelStore:
                     f"kernel store {self.folder} holds kernels of other inputs ({', '.join(diff)} differ); "
                     f"choose another output folder (nothing was deleted)"
                 )
-            self.meta["kernels"] = old.get("kernels", {})
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
             with self._locked():
@@ -179,7 +178,6 @@ class KernelStore:
             if kernels.get(name) != identity:
                 kernels[name] = identity
                 write_json(self.folder / "meta.json", meta, sort_keys=True)
-        self.meta["kernels"] = kernels
 
     def block_path(self, name: str, i: int, j: int) -> Path:
         return self.folder / "blocks" / f"{name}-{i}-{j}.safetensors"
