@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ntk_peft.ntk.capture import capture
+from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.contract import dense_kernel
-from ntk_peft.ntk.fast import fast_kernel
+from ntk_peft.ntk.fast import fast_kernels
 from ntk_peft.ntk.implementations import NtkImplementation
+from ntk_peft.ntk.kernel_types import KernelType, apply_transform, flipped, output_map
 from ntk_peft.ntk.reference import reference_jacobian
 from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash, tensor_hash
@@ -29,6 +30,7 @@ from ntk_peft.ntk.subsets import SubsetParams, parse_subsets, subset_params
 # Recorded captures kept for reuse within one `kernel_blocks` call (each is ~1.1 GB for 16 SmolLM2-135M prompts).
 DEFAULT_CACHE_BYTES = 4 << 30
 KERNEL_TYPE = "ntk"
+FLIP = "~"  # suffix of an asymmetric kernel's flipped part in a block: ⟨T₂(g(x)), T₁(g(x'))⟩
 
 
 class CaptureCache:
@@ -97,10 +99,12 @@ def subset_fingerprint(sub: SubsetParams) -> str:
 
 
 def kernel_identity(model: nn.Module, resolved: list[SubsetParams], batches1: list[dict], batches2,
-                    implementation: NtkImplementation, targets, seed: int, kernel: str = KERNEL_TYPE) -> dict:
+                    implementation: NtkImplementation, targets, seed: int, kernel: str = KERNEL_TYPE,
+                    output: str = "labels") -> dict:
     """What a blocked kernel is computed from, as recorded in its store (`KernelStore.claim`)."""
     dtype = next(model.parameters()).dtype
-    return {
+    extra = {} if output == "labels" else {"output": output}  # stores of label-logit kernels read as before
+    return {**extra,
         "kernel": kernel,
         "subsets": [str(s.spec) for s in resolved],
         "subset_definitions": {str(s.spec): subset_fingerprint(s) for s in resolved},
@@ -116,10 +120,45 @@ def kernel_identity(model: nn.Module, resolved: list[SubsetParams], batches1: li
     }
 
 
-@torch.no_grad()
-def _fast_kernels(model: nn.Module, names: list[str], subsets: list, left, right, linear_method: str):
-    """Subset name -> fast kernel ``[n1, n2, C, C]`` between two captures."""
-    return {n: fast_kernel(model, sub, left, right, linear_method).detach() for n, sub in zip(names, subsets)}
+class BlockKernels:
+    """How one block pair's kernels are computed: subsets, kernel type, output, implementation.
+
+    An asymmetric kernel type also stores, under ``<subset>~``, its flipped part ⟨T₂(g(x)), T₁(g(x'))⟩
+    between the same two blocks: the mirrored block pair's kernel, so a symmetric job still computes
+    each unordered pair once and the kernel of the other orientation (dev×train from train×dev) is
+    read back without another pass.
+    """
+
+    def __init__(self, model: nn.Module, names: list[str], resolved: list[SubsetParams],
+                 implementation: NtkImplementation, kernel: KernelType, output: str, linear_method: str):
+        self.model, self.names, self.resolved = model, names, resolved
+        self.implementation, self.kernel, self.output, self.linear_method = (implementation, kernel, output,
+                                                                             linear_method)
+        self.pairs = [kernel.transforms] if kernel.symmetric else [kernel.transforms, flipped(kernel.transforms)]
+        self.keys = tuple(names) if kernel.symmetric else tuple(k for n in names for k in (n, n + FLIP))
+
+    def _mixed(self, cap: Capture) -> Capture:
+        return cap.with_outputs(output_map(self.output, cap.logits.shape[1]))
+
+    @torch.no_grad()
+    def compute(self, left, right) -> dict[str, torch.Tensor]:
+        """Keys -> ``[n1, n2, O, O]`` float64 from two captures (fast) or reference Jacobian lists."""
+        out = {}
+        for position, (name, sub) in enumerate(zip(self.names, self.resolved)):
+            if self.implementation is NtkImplementation.FAST:
+                parts = fast_kernels(self.model, sub, self._mixed(left), self._mixed(right), self.pairs,
+                                     self.linear_method)
+            else:
+                jac1, jac2 = self._reference_mixed(left[position]), self._reference_mixed(right[position])
+                parts = [dense_kernel(apply_transform(t1, jac1), apply_transform(t2, jac2)) for t1, t2 in self.pairs]
+            out[name] = parts[0].detach()
+            if len(parts) > 1:
+                out[name + FLIP] = parts[1].detach()
+        return out
+
+    def _reference_mixed(self, jac: torch.Tensor) -> torch.Tensor:
+        head_map = output_map(self.output, jac.shape[1])
+        return jac if head_map is None else torch.einsum("oc,ncp->nop", head_map.to(jac.dtype), jac)
 
 
 def _mirror(kernel: torch.Tensor) -> torch.Tensor:
@@ -138,9 +177,12 @@ class KernelJob:
 
     def __init__(self, model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
                  subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
-                 name: str = "kernel", targets="all", seed: int = 0, linear_method: str = "auto"):
+                 name: str = "kernel", targets="all", seed: int = 0, linear_method: str = "auto",
+                 kernel: str | KernelType = KERNEL_TYPE, output: str = "labels"):
         self.model, self.left, self.linear_method = model, batches1, linear_method
         self.implementation = NtkImplementation.parse(implementation)
+        self.kernel = KernelType.parse(kernel)
+        output_map(output, 2)  # an unknown output fails here
         specs = parse_subsets(subsets)
         self.names = [str(s) for s in specs]
         self.symmetric = batches2 is None
@@ -149,14 +191,16 @@ class KernelJob:
         self.store = MemoryStore() if store is None else store
         self.name = name
         self.store.claim(name, kernel_identity(model, self.resolved, batches1, batches2, self.implementation,
-                                               targets, seed))
+                                               targets, seed, self.kernel.value, output))
         self.cache = CaptureCache(DEFAULT_CACHE_BYTES)
+        self.kernels = BlockKernels(model, self.names, self.resolved, self.implementation, self.kernel, output,
+                                    linear_method)
 
     def blocks(self, tag=0) -> list[Block]:
         """Every block pair; pairs that share a right-hand block form a group (its capture is recorded once).
         ``tag`` tells groups of different jobs apart (the same on every rank)."""
         return [Block(self.store, self.name, i, j, tokens(self.left[i]) * tokens(self.right[j]), group=(tag, j),
-                      keys=tuple(self.names))
+                      keys=self.kernels.keys)
                 for j in range(len(self.right)) for i in range(len(self.left)) if not self.symmetric or i <= j]
 
     def _features(self, side: int, index: int):
@@ -169,15 +213,14 @@ class KernelJob:
                                  lambda: [reference_jacobian(sub, on_device) for sub in self.resolved], slot)
 
     def compute(self, block: Block) -> dict[str, torch.Tensor]:
-        left_f, right_f = self._features(0, block.i), self._features(1, block.j)
-        if self.implementation is NtkImplementation.FAST:
-            return _fast_kernels(self.model, self.names, self.resolved, left_f, right_f, self.linear_method)
-        return {n: dense_kernel(a, b).detach() for n, a, b in zip(self.names, left_f, right_f)}
+        return self.kernels.compute(self._features(0, block.i), self._features(1, block.j))
 
     def result(self) -> dict[str, torch.Tensor]:
-        """subset -> ``[N1, N2, C, C]`` float64, assembled from the stored blocks."""
+        """subset -> ``[N1, N2, O, O]`` float64, assembled from the stored blocks. An asymmetric kernel
+        type adds ``<subset>~``: ``[N1, N2, O, O]`` with K(x'_j, x_i) = ``result[subset~][i, j]``
+        transposed over outputs (so ``permute(1, 0, 3, 2)`` is the kernel of the other orientation)."""
         results = {(b.i, b.j): self.store.load(*b.key) for b in self.blocks()}
-        return {n: _assemble(results, n, self.left, self.right, self.symmetric) for n in self.names}
+        return {key: _assemble(results, key, self.left, self.right, self.symmetric) for key in self.kernels.keys}
 
 
 def run_kernel_jobs(jobs: list[KernelJob], *, progress: bool = True, desc: str = "eNTK blocks",
@@ -200,7 +243,8 @@ def run_kernel_jobs(jobs: list[KernelJob], *, progress: bool = True, desc: str =
 def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
                   subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
                   name: str = "kernel", targets="all", seed: int = 0, progress: bool = True,
-                  linear_method: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES) -> dict[str, torch.Tensor]:
+                  linear_method: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES,
+                  kernel: str | KernelType = KERNEL_TYPE, output: str = "labels") -> dict[str, torch.Tensor]:
     """Kernels between every example of ``batches1`` and of ``batches2`` (or batches1).
 
     Inside an initialised torch.distributed process group the block pairs are
@@ -212,7 +256,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         model: the model.
         batches1, batches2: lists of prompt batches (blocks); None for the
             symmetric kernel of batches1.
-        subsets, implementation, targets, seed, linear_method: as `empirical_ntk`.
+        subsets, implementation, targets, seed, linear_method, kernel, output: as `empirical_ntk`.
         store: where finished block pairs are kept (and found on a rerun);
             the kernel's identity is recorded there under ``name``.
         name: this kernel's name in the store (``train``, ``eval`` ...).
@@ -220,13 +264,14 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         cache_bytes: memory for recorded blocks kept between pairs.
 
     Returns:
-        subset -> ``[N1, N2, C, C]`` float64 assembled from the blocks.
+        subset -> ``[N1, N2, O, O]`` float64 assembled from the blocks (``<subset>~`` too for an
+        asymmetric kernel type; see `KernelJob.result`).
 
     Raises:
         UserError: the store holds a kernel ``name`` of other inputs.
     """
     job = KernelJob(model, batches1, batches2, subsets, implementation, store=store, name=name, targets=targets,
-                    seed=seed, linear_method=linear_method)
+                    seed=seed, linear_method=linear_method, kernel=kernel, output=output)
     run_kernel_jobs([job], progress=progress, desc=f"eNTK {name} blocks", cache_bytes=cache_bytes)
     return job.result()
 
@@ -242,7 +287,8 @@ class CrossJob:
 
 def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict], subsets=("full", "row1"), *,
                         targets="all", seed: int = 0, linear_method: str = "auto",
-                        cache_bytes: int = 8 << 30, progress: bool = True) -> None:
+                        cache_bytes: int = 8 << 30, progress: bool = True, kernel: str | KernelType = KERNEL_TYPE,
+                        output: str = "labels") -> None:
     """Fill several stores' cross kernels against the same right-hand blocks, recording each right block once.
 
     The seeds of a k-shot study share their evaluation set: computed one seed at a time, every
@@ -256,9 +302,11 @@ def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict
     specs = parse_subsets(subsets)
     names = [str(s) for s in specs]
     resolved = [subset_params(model, s, targets, seed) for s in specs]
+    kernel = KernelType.parse(kernel)
+    kernels = BlockKernels(model, names, resolved, NtkImplementation.FAST, kernel, output, linear_method)
     for job in jobs:
         job.store.claim(job.name, kernel_identity(model, resolved, job.left, right, NtkImplementation.FAST,
-                                                  targets, seed))
+                                                  targets, seed, kernel.value, output))
     jobs_by_store = {id(job.store): k for k, job in enumerate(jobs)}
     cache = CaptureCache(cache_bytes)
     right_slot = CaptureCache(0)  # right blocks are not needed after their group: never kept, only held
@@ -268,11 +316,15 @@ def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict
         right_f = right_slot.record(block.j, lambda: capture(model, to_device(right[block.j], model)), "right")
         left_f = cache.record((job, block.i), lambda: capture(model, to_device(jobs[job].left[block.i], model)),
                               "left")
-        return _fast_kernels(model, names, resolved, left_f, right_f, linear_method)
+        return kernels.compute(left_f, right_f)
 
-    todo = [Block(job.store, job.name, i, j, tokens(job.left[i]) * tokens(right[j]), group=j, keys=tuple(names))
+    todo = [Block(job.store, job.name, i, j, tokens(job.left[i]) * tokens(right[j]), group=j, keys=kernels.keys)
             for j in range(len(right)) for job in jobs for i in range(len(job.left))]
     run_blocks(todo, compute, progress=progress, desc="eNTK shared blocks")
+
+
+def _flip_key(key: str) -> str:
+    return key[: -len(FLIP)] if key.endswith(FLIP) else key + FLIP
 
 
 def _assemble(results, name: str, left: list[dict], right: list[dict], symmetric: bool) -> torch.Tensor:
@@ -282,8 +334,9 @@ def _assemble(results, name: str, left: list[dict], right: list[dict], symmetric
     for i in range(len(left)):
         row = []
         for j in range(len(right)):
-            if symmetric and j < i:
-                row.append(_mirror(results[(j, i)][name]))
+            if symmetric and j < i:  # the mirrored pair: K(b, a) from K(a, b), or an asymmetric kernel's flip
+                mirrored = results[(j, i)]
+                row.append(_mirror(mirrored.get(_flip_key(name), mirrored[name])))
             else:
                 row.append(results[(i, j)][name])
         rows.append(torch.cat(row, dim=1))

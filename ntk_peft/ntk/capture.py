@@ -87,14 +87,35 @@ class Capture:
         records: module name -> `Record`.
         features: ``[B, d]`` head-transform output at the read-out position
             (the gradient of f_c w.r.t. the output matrix's row of word c).
-        logits: ``[B, C]``.
+        logits: ``[B, O]`` the outputs (the label logits unless combined).
         words: ``[C]`` label-word token ids.
+        head_map: ``[O, C]`` float64, the outputs as combinations of the label
+            logits (`with_outputs`); None when the outputs are the label logits.
     """
 
     records: dict[str, Record]
     features: torch.Tensor
     logits: torch.Tensor
     words: torch.Tensor
+    head_map: torch.Tensor | None = None
+
+    def with_outputs(self, head_map: torch.Tensor | None) -> "Capture":
+        """The capture of the outputs o = M·f (``head_map`` M ``[O, C]``): every recorded output-gradient
+        is combined the same way (gradients are linear in f); inputs are shared, not copied."""
+        if head_map is None:
+            return self
+        records = {}
+        for name, rec in self.records.items():
+            mixed = torch.einsum("oc,cnd->ond", head_map.to(rec.packed_grads.dtype), rec.packed_grads)
+            records[name] = Record(rec.module, rec.packed_inputs, mixed, rec.example, rec.position, rec.shape)
+            if "membership" in rec.__dict__:
+                records[name].__dict__["membership"] = rec.__dict__["membership"]
+        logits = self.logits.double() @ head_map.T
+        return Capture(records, self.features, logits.to(self.logits.dtype), self.words, head_map)
+
+    @property
+    def outputs(self) -> int:
+        return self.logits.shape[1]
 
     @property
     def size(self) -> int:

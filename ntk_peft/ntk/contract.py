@@ -200,12 +200,14 @@ def bias_jacobian(rec: Record) -> torch.Tensor:
 
 
 def embedding_rows(rec: Record | None, padding_idx: int | None, head_words: torch.Tensor | None = None,
-                   head_features: torch.Tensor | None = None):
-    """Per-example gradient rows of an embedding matrix: ``(example, token id, [C, d] vector)``.
+                   head_features: torch.Tensor | None = None, head_map: torch.Tensor | None = None):
+    """Per-example gradient rows of an embedding matrix: ``(example, token id, [O, d] vector)``.
 
-    Rows come from the tokens looked up (∂f_c/∂E[k_t] gets e_t; the padding
+    Rows come from the tokens looked up (∂f_o/∂E[k_t] gets e_t; the padding
     row gets nothing, as in autograd) and, for a tied output matrix, from the
-    read-out: row w_c gets the head features h_i for class c only.
+    read-out: row w_c gets the head features h_i times M[o, c] for output o
+    (``head_map`` M ``[O, C]``; the identity when None: class c only). An
+    example may hold several rows of one token id (see `sum_rows`).
     """
     examples, ids, vectors = [], [], []
     if rec is not None:
@@ -219,13 +221,25 @@ def embedding_rows(rec: Record | None, padding_idx: int | None, head_words: torc
     if head_words is not None:
         n, width = head_features.shape
         classes = head_words.numel()
+        mixing = torch.eye(classes, dtype=torch.float64) if head_map is None else head_map.double()
         for c in range(classes):
-            vec = head_features.new_zeros(n, classes, width, dtype=torch.float64)
-            vec[:, c] = head_features.double()
+            vec = mixing[:, c][None, :, None] * head_features.double()[:, None, :]  # [n, O, d]
             examples.append(torch.arange(n))
             ids.append(head_words[c].expand(n))
             vectors.append(vec)
     return torch.cat(examples), torch.cat(ids).to(torch.long), torch.cat(vectors)
+
+
+def sum_rows(rows):
+    """Rows summed per (example, token id): each example's gradient row of each id appears once, as
+    elementwise transforms (sign) of the per-example gradient need."""
+    examples, ids, vectors = rows
+    if examples.numel() == 0:
+        return rows
+    width = int(ids.max()) + 1
+    keys, slot = torch.unique(examples * width + ids, return_inverse=True)
+    summed = vectors.new_zeros(keys.numel(), *vectors.shape[1:]).index_add_(0, slot, vectors)
+    return keys // width, keys % width, summed
 
 
 def rows_kernel(rows1, rows2, n1: int, n2: int) -> torch.Tensor:

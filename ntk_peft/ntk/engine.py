@@ -10,8 +10,8 @@ from ntk_peft.ntk.blocked import kernel_blocks
 
 def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, subsets=("full", "row1"),
                   implementation="fast", *, targets="all", seed: int = 0,
-                  linear_method: str = "auto") -> dict[str, torch.Tensor]:
-    """Empirical NTKs of the label-logit function over parameter subsets.
+                  linear_method: str = "auto", kernel: str = "ntk", output: str = "labels") -> dict[str, torch.Tensor]:
+    """Empirical NTKs (or SignGD kernels) of the label-logit function over parameter subsets.
 
     Args:
         model: a Hugging Face LM (not modified; adapter subsets use a copy).
@@ -24,14 +24,21 @@ def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, su
             defaults when ``all``: IA3 k,v,down; LoRTA attn).
         seed: adapter initialisation seed (random rows, LoRA's A, ...).
         linear_method: ``auto``, ``gram``, ``reduced`` or ``materialise`` for Linear weights.
+        kernel: ``ntk``, ``signgd`` or ``asymmetric_signgd`` (see `KernelType`).
+        output: ``labels`` (the C label logits) or ``difference`` (f₁ − f₀, two
+            label words only; the output LM-Kernel-FT's sign kernels are of).
 
     Returns:
-        subset name -> K ``[n1, n2, C, C]`` float64, K[i, j, c, c'] =
-        ⟨∂f_c(x_i)/∂θ_S, ∂f_c'(x'_j)/∂θ_S⟩. For large example sets use
+        subset name -> K ``[n1, n2, O, O]`` float64 (O = C, or 1 for the
+        difference), K[i, j, c, c'] = ⟨T₁(∂f_c(x_i)/∂θ_S), T₂(∂f_c'(x'_j)/∂θ_S)⟩
+        with the kernel type's transforms (identity for the NTK). An
+        asymmetric kernel also gives ``<subset>~``, whose ``permute(1, 0, 3, 2)``
+        is the kernel with batch2 first. For large example sets use
         `kernel_blocks` (blocked, resumable).
     """
     return kernel_blocks(model, [batch1], None if batch2 is None else [batch2], subsets, implementation,
-                         targets=targets, seed=seed, progress=False, linear_method=linear_method)
+                         targets=targets, seed=seed, progress=False, linear_method=linear_method, kernel=kernel,
+                         output=output)
 
 
 __all__ = ["empirical_ntk"]

@@ -11,7 +11,7 @@ from ntk_peft.ntk.subsets import SubsetParams
 from ntk_peft.tasks import slice_batch
 
 
-class _PromptFunction(nn.Module):
+class PromptFunction(nn.Module):
     """f(batch) = label_logits(model, batch) as a module, with shared adapter factors registered."""
 
     def __init__(self, model: nn.Module, shared: nn.Module):
@@ -31,7 +31,7 @@ def reference_jacobian(subset: SubsetParams, batch: dict, chunk: int = 4) -> tor
         chunk: examples per ``jacrev`` call (memory ~ chunk·C·P).
     """
     shared = subset.handle.shared if subset.handle is not None else nn.ModuleDict()
-    function = _PromptFunction(subset.model, shared)
+    function = PromptFunction(subset.model, shared)
     names = [n if n.startswith("shared.") else f"model.{n}" for n in subset.params]
     primals = tuple(p.detach() for p in subset.params.values())
 
