@@ -54,8 +54,14 @@ def build_parser() -> Parser:
     parser.add_argument("--seeds", type=seed_list, default=None,
                         help="default 13,21,42,87,100 (with --adapter-checkpoint: the seed it was trained with)")
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--solver", choices=("klr", "krr", "svm"), default="klr",
-                        help="kernel logistic regression (default), kernel ridge, or SVM")
+    parser.add_argument("--kernel", action="append", default=None, choices=("ntk", "signgd", "asymmetric_signgd"),
+                        help="kernel type (repeatable; default ntk): the eNTK, the SignGD kernel "
+                             "<sign g, sign g'> or the asymmetric one <g, sign g'> (LM-Kernel-FT); sign kernels of "
+                             "a binary task are of the logit difference, solved by klr (signgd) and AsK-LS "
+                             "(asymmetric_signgd); results are named <type>:<subset>")
+    parser.add_argument("--solver", choices=("klr", "krr", "svm", "lssvm"), default="klr",
+                        help="NTK solver: kernel logistic regression (default), kernel ridge, SVM or the "
+                             "least-squares SVM (binary)")
     parser.add_argument("--lambda", dest="lam", type=positive_float, default=None,
                         help="regularisation; default: picked on the dev split from a grid relative to the kernel scale")
     parser.add_argument("--no-offset", dest="offset", action="store_false",
@@ -101,7 +107,7 @@ def _compare(args: argparse.Namespace) -> int:
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
                           implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint,
-                          eval_kernels=args.eval_kernels)
+                          eval_kernels=args.eval_kernels, kernels=args.kernel or ["ntk"])
     if not distributed.is_main():  # rank 0 draws and prints
         return 0
     out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k, args.adapter_checkpoint)

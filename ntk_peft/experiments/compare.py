@@ -38,6 +38,7 @@ from ntk_peft.ntk import (
     run_kernel_jobs,
     shared_cross_blocks,
 )
+from ntk_peft.ntk.kernel_types import KernelType
 from ntk_peft.solvers import make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
 
@@ -60,6 +61,28 @@ DEFAULT_SEEDS = (13, 21, 42, 87, 100)
 def _summary(values: list[float]) -> dict:
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "std": float(array.std(ddof=0))}
+
+
+def kernel_key(kernel: KernelType, subset: str) -> str:
+    """A fitted kernel's name in results: the subset for the NTK (``row1``), else ``<type>:<subset>``."""
+    return subset if kernel is KernelType.NTK else f"{kernel.value}:{subset}"
+
+
+def kernel_output(kernel: KernelType, classes: int) -> str:
+    """The NTK is of the label logits; sign kernels of a binary task are of the logit difference
+    (LM-Kernel-FT), of a multi-class task of the label logits."""
+    return "difference" if kernel is not KernelType.NTK and classes == 2 else "labels"
+
+
+def kernel_solver(kernel: KernelType, solver: str) -> str:
+    """``solver`` for the NTK; SignGD kernels: kernel logistic regression; asymmetric: AsK-LS (``lssvm``)."""
+    return {KernelType.NTK: solver, KernelType.SIGNGD: "klr", KernelType.ASYMMETRIC_SIGNGD: "lssvm"}[kernel]
+
+
+def store_name(part: str, kernel: KernelType) -> str:
+    """A kernel's name in a seed store: ``train``/``dev`` for the NTK (stores read as before), else
+    ``train-<type>``."""
+    return part if kernel is KernelType.NTK else f"{part}-{kernel.value}"
 
 
 @dataclass
@@ -152,23 +175,37 @@ def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, sh
 
 def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, solver: str = "klr",
              lam: float | None = None, offset: bool = True, implementation: str = "fast", prompt: dict | None = None,
-             progress: bool = True, shared_f0: dict | None = None, kernels_0: dict | None = None) -> SeedFit:
+             progress: bool = True, shared_f0: dict | None = None, kernels_0: dict | None = None,
+             kernels=(KernelType.NTK,)) -> SeedFit:
     """f0, the train and dev kernels (cached in the seed's store) and one solver per kernel, λ picked on dev.
 
-    ``shared_f0`` carries the eval set's f0 from one seed to the next (it does not depend on the seed);
-    ``kernels_0`` (name -> train kernel at another point, e.g. pretrained) adds ``kernel_distance``.
-    Under torch.distributed every rank computes its share of the kernel blocks, rank 0 computes f0
-    and fits, and the other ranks receive the fitted models (their ``f0`` and ``result`` stay empty).
+    ``kernels``: kernel types; each subset's kernel of each type is fitted under `kernel_key` with
+    `kernel_solver` on `kernel_output`. ``shared_f0`` carries the eval set's f0 from one seed to the
+    next (it does not depend on the seed); ``kernels_0`` (name -> train NTK at another point, e.g.
+    pretrained) adds ``kernel_distance``. Under torch.distributed every rank computes its share of the
+    kernel blocks, rank 0 computes f0 and fits, and the other ranks receive the fitted models (their
+    ``f0`` and ``result`` stay empty).
     """
     prompt = prompt or {}
     spec = get_task(task)
+    classes = len(spec.labels)
     shared_f0 = {} if shared_f0 is None else shared_f0
     timing = {}
     start = time.perf_counter()
     common = dict(subsets=names, implementation=implementation, store=plan.store, progress=progress)
-    k_train = kernel_blocks(model, plan.batches["train"], None, name="train", **common)
-    k_dev = {n: v.permute(1, 0, 3, 2) for n, v in
-             kernel_blocks(model, plan.batches["train"], plan.batches["dev"], name="dev", **common).items()}
+    k_train, k_dev, flipped = {}, {}, {}
+    for kernel in kernels:
+        typed = dict(kernel=kernel, output=kernel_output(kernel, classes))
+        train = kernel_blocks(model, plan.batches["train"], None, name=store_name("train", kernel), **common, **typed)
+        dev = kernel_blocks(model, plan.batches["train"], plan.batches["dev"], name=store_name("dev", kernel),
+                            **common, **typed)
+        for n in names:
+            key = kernel_key(kernel, n)
+            k_train[key] = train[n]
+            # K(dev, train): the transpose of K(train, dev), or an asymmetric kernel's stored flip
+            k_dev[key] = (dev[n] if kernel.symmetric else dev[n + "~"]).permute(1, 0, 3, 2)
+            if not kernel.symmetric:
+                flipped[key] = dev[n][..., 0, 0].numpy()  # K(train_i, dev_m), as AsK-LS reads it
     timing["train_dev_kernels_wall_s"] = time.perf_counter() - start
     if not distributed.is_main():
         return SeedFit(plan, {}, distributed.broadcast(None), {}, offset)
@@ -182,19 +219,29 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     y_dev = np.array([e.label for e in plan.dev])
     f0_train, f0_dev = (f0["train"].numpy(), f0["dev"].numpy()) if offset else (None, None)
     models, lambdas, effective = {}, {}, {}
-    for name in names:
-        kt, kd = k_train[name].numpy(), k_dev[name].numpy()
-        chosen = lam
-        if chosen is None:
-            chosen, _ = select_lambda(solver, kt, y_train, kd, y_dev, f0_train, f0_dev)
-        models[name] = make_solver(solver, chosen).fit(kt, y_train, f0_train)
-        lambdas[name] = float(chosen)
-        effective[name] = effective_rank(kt)
+    for kernel in kernels:
+        chosen_solver = kernel_solver(kernel, solver)
+        for n in names:
+            key = kernel_key(kernel, n)
+            kt, kd = k_train[key].numpy(), k_dev[key].numpy()
+            chosen = lam
+            if chosen is None:
+                chosen, _ = select_lambda(chosen_solver, kt, y_train, kd, y_dev, f0_train, f0_dev,
+                                          flipped=flipped.get(key))
+            models[key] = make_solver(chosen_solver, chosen).fit(kt, y_train, f0_train)
+            lambdas[key] = float(chosen)
+            if kernel.symmetric:  # eigenvalues of a symmetric kernel
+                effective[key] = effective_rank(kt)
     timing["solver_s"] = time.perf_counter() - start
     distributed.broadcast(models)
-    differences = {n: {"p1": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 1),
-                       "p2": relative_difference(k_train[n].numpy(), k_train["full"].numpy(), 2)}
-                   for n in names if n != "full"}
+    differences = {}
+    for kernel in kernels:
+        full = k_train[kernel_key(kernel, "full")].numpy()
+        for n in names:
+            if n != "full":
+                kt = k_train[kernel_key(kernel, n)].numpy()
+                differences[kernel_key(kernel, n)] = {"p1": relative_difference(kt, full, 1),
+                                                      "p2": relative_difference(kt, full, 2)}
     result = {"seed": plan.seed, "accuracy": {}, "relative_difference": differences, "lambda": lambdas,
               "effective_rank": effective, "n_train": len(plan.train), "n_eval": len(plan.evaluation),
               "timing_s": timing}
@@ -243,7 +290,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
                 prompt: dict | None = None, adapter_checkpoint: str | Path | None = None,
-                eval_kernels: bool = False) -> dict:
+                eval_kernels: bool = False, kernels=("ntk",)) -> dict:
     """The whole study over seeds; writes ``results.json`` in ``out``.
 
     ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
@@ -253,10 +300,21 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     the eval set is scored by projections onto each fitted model's parameter directions
     (`score_with_projections`), the same predictions without the n_train·C kernel columns per example
     (kernels are still used where a solver has no direction form: the multi-class SVM).
+    ``kernels``: kernel types (``ntk``, ``signgd``, ``asymmetric_signgd``); results are keyed by
+    `kernel_key` (``row1`` for the NTK, ``signgd:row1``), solved by `kernel_solver`.
     """
     spec = get_task(task)
     for text in subsets:
         parse_spec(text)  # bad specs fail before any work
+    kernel_types = list(dict.fromkeys(KernelType.parse(t) for t in kernels))
+    if not kernel_types:
+        raise UserError("no kernel types given; valid: ntk, signgd, asymmetric_signgd")
+    if KernelType.ASYMMETRIC_SIGNGD in kernel_types and len(spec.labels) != 2:
+        raise UserError(f"the asymmetric SignGD kernel's solver (AsK-LS) is for two classes; {spec.name} has "
+                        f"{len(spec.labels)}")
+    if eval_kernels and kernel_types != [KernelType.NTK]:
+        raise UserError("--eval-kernels computes eval kernels of the NTK only; sign kernels are scored by "
+                        "projections (drop --eval-kernels)")
     checkpoint = resolve_checkpoint(adapter_checkpoint, model_name) if adapter_checkpoint is not None else None
     if seeds is None:
         seeds = [checkpoint.seed] if checkpoint is not None and checkpoint.seed is not None else list(DEFAULT_SEEDS)
@@ -291,20 +349,31 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     # Every seed's train and dev blocks in one scheduler pass: enough blocks to share over many ranks.
     kernels_started = time.perf_counter()
     run_kernel_jobs([KernelJob(model, p.batches["train"], other, kernel_names, implementation, store=p.store,
-                               name=name) for p in plans
+                               name=store_name(name, kernel), kernel=kernel,
+                               output=kernel_output(kernel, len(spec.labels)))
+                     for kernel in kernel_types for p in plans
                      for name, other in (("train", None), ("dev", p.batches["dev"]))], progress=progress,
-                    desc="eNTK train and dev blocks")
+                    desc="kernel train and dev blocks")
     timing = {"train_dev_blocks_wall": time.perf_counter() - kernels_started}
     shared_f0: dict = {}
     fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,
                      implementation=implementation, prompt=prompt, progress=progress, shared_f0=shared_f0,
-                     kernels_0=kernels_0.get(plan.seed)) for plan in plans]
+                     kernels_0=kernels_0.get(plan.seed), kernels=kernel_types) for plan in plans]
+    keys = [kernel_key(kernel, n) for kernel in kernel_types for n in kernel_names]
     by_projection = not eval_kernels and all(f.models[n].direction_weights() is not None
-                                             for f in fits for n in kernel_names)
+                                             for f in fits for n in keys)
     if by_projection:  # K_eval·W as ⟨∂f(x)/∂θ_S, v⟩: one projection per seed and kernel, no eval kernel
-        accuracies, timing["projections_recorded"] = score_with_projections(
-            model, fits, kernel_names, out / "eval-projections", model_name=model_name,
-            implementation=implementation, progress=progress)
+        accuracies = [{} for _ in fits]
+        timing["projections_recorded"] = 0.0
+        for kernel in kernel_types:  # one pass per type: a type's directions of every seed are held at once
+            folder = out / "eval-projections" / ("" if kernel is KernelType.NTK else kernel.value)
+            typed, seconds = score_with_projections(
+                model, fits, kernel_names, folder, model_name=model_name, implementation=implementation,
+                progress=progress, kernel=kernel, output=kernel_output(kernel, len(spec.labels)),
+                keys={n: kernel_key(kernel, n) for n in kernel_names})
+            timing["projections_recorded"] += seconds
+            for accuracy, part in zip(accuracies, typed):
+                accuracy.update(part)
     else:
         if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
             shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], p.eval_name) for p in plans],
@@ -319,15 +388,17 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                                                                          == eval_labels(fit)))}
         fit.result["timing_s"]["kernels_s"] = fit.plan.store.compute_seconds()
         per_seed.append(fit.result)
-    names = [*kernel_names, "zeroshot"]
+    names = [*keys, "zeroshot"]
     summary = {
         "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
         "relative_difference": {s: {p: _summary([r["relative_difference"][s][p] for r in per_seed])
-                                    for p in ("p1", "p2")} for s in names if s not in ("full", "zeroshot")},
+                                    for p in ("p1", "p2")} for s in per_seed[0]["relative_difference"]},
     }
     if checkpoint is not None:
         summary["kernel_distance"] = {n: _summary([r["kernel_distance"][n] for r in per_seed]) for n in kernel_names}
     results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
+               "kernel_types": {t.value: {"solver": kernel_solver(t, solver),
+                                          "output": kernel_output(t, len(spec.labels))} for t in kernel_types},
                "subsets": [n for n in names if n != "zeroshot"], "offset_f0": offset, "max_eval": max_eval,
                "adapter_checkpoint": described, "eval_predictions": "projections" if by_projection else "kernels",
                "per_seed": per_seed, "summary": summary,

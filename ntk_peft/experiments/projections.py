@@ -8,6 +8,11 @@ direction of every kernel at once. Blocks go through `run_blocks` (sharded over
 torch.distributed ranks) into a `KernelStore` under a folder named by a hash of
 the directions' weights and the inputs, so an interrupted run resumes, and
 different fits or evaluation sets never share stale projections.
+
+Sign kernels (``kernel`` not ``ntk``) project the same way with the transforms
+of `direction_plan`: a SignGD model's direction is Σ W·sign(∂f(x_i)/∂θ_S)
+(from per-example gradients, `gradient_directions`) and is projected on
+sign(∂f(x)/∂θ_S); the asymmetric LS-SVM has one direction per side.
 """
 
 from __future__ import annotations
@@ -21,14 +26,16 @@ import torch
 import ntk_peft
 from ntk_peft.ntk import KernelStore, batches_hash, capture, distributed, model_hash, parse_subsets, subset_params
 from ntk_peft.ntk.blocked import to_device, tokens
-from ntk_peft.ntk.directions import project_directions, reference_projection, subset_directions
+from ntk_peft.ntk.directions import gradient_directions, project_directions, reference_projection, subset_directions
+from ntk_peft.ntk.kernel_types import KernelType, direction_plan, output_map
 from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import tensor_hash
 
 
-def _weights(fits, names: list[str]) -> dict[str, list[torch.Tensor]]:
-    """Kernel name -> per seed W ``[n_train, C, S]`` (float64)."""
-    return {n: [torch.from_numpy(np.ascontiguousarray(f.models[n].direction_weights())) for f in fits] for n in names}
+def _weights(fits, names: list[str], keys: dict[str, str]) -> dict[str, list[torch.Tensor]]:
+    """Subset -> per seed W ``[n_train, O, S]`` (float64) of the model fitted on its kernel (``keys[subset]``)."""
+    return {n: [torch.from_numpy(np.ascontiguousarray(f.models[keys[n]].direction_weights())) for f in fits]
+            for n in names}
 
 
 def _store(folder: Path, model, model_name: str, fits, names: list[str], weights, eval_batches) -> KernelStore:
@@ -48,7 +55,8 @@ def _store(folder: Path, model, model_name: str, fits, names: list[str], weights
 
 def score_with_projections(model, fits, names: list[str], folder: Path, *, model_name: str,
                            implementation: str = "fast", targets="all", seed: int = 0,
-                           progress: bool = True) -> tuple[list[dict[str, float]], float]:
+                           progress: bool = True, kernel: str = "ntk", output: str = "labels",
+                           keys: dict[str, str] | None = None) -> tuple[list[dict[str, float]], float]:
     """Eval accuracy per seed and kernel from projections; returns (accuracies, compute seconds recorded).
 
     The directions (one backward pass over a seed's training prompts per seed and kernel) are
@@ -62,19 +70,31 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
         names: kernel names (subset specs), as fitted.
         folder: where the projection blocks are kept.
         targets, seed: as in `kernel_blocks` (the same subsets the kernels were of).
+        kernel, output: the kernel type and output the models were fitted on.
+        keys: subset -> the fitted model's name in ``fit.models`` (default: the subset).
+        Accuracies are keyed like ``keys``' values.
     """
     plan = fits[0].plan
     eval_batches = plan.batches["eval"]
-    weights = _weights(fits, names)
+    kernel = KernelType.parse(kernel)
+    keys = keys or {n: n for n in names}
+    weights = _weights(fits, names, keys)
     store = _store(folder, model, model_name, fits, names, weights, eval_batches)
-    store.claim("eval", {"kernel": "projection", "subsets": names, "targets": targets if isinstance(targets, str)
-                         else list(targets), "seed": seed, "implementation": implementation,
-                         "dtype": str(_dtype(model)).replace("torch.", "")})
+    extra = {} if kernel is KernelType.NTK else {"kernel_type": kernel.value, "output": output}
+    store.claim("eval", {**extra, "kernel": "projection", "subsets": names, "targets": targets
+                         if isinstance(targets, str) else list(targets), "seed": seed,
+                         "implementation": implementation, "dtype": str(_dtype(model)).replace("torch.", "")})
     counts = {n: [w.shape[2] for w in weights[n]] for n in names}  # directions per seed
-    keys = tuple(f"P/{n}" for n in names)
-    todo = [Block(store, "eval", 0, j, tokens(batch), keys=keys) for j, batch in enumerate(eval_batches)]
-    needed = distributed.broadcast(distributed.is_main() and any(not store.readable(*b.key, keys=keys)
+    plans = {n: [pair for c in counts[n] for pair in direction_plan(kernel, c)] for n in names}  # per stacked column
+    block_keys = tuple(f"P/{n}" for n in names)
+    todo = [Block(store, "eval", 0, j, tokens(batch), keys=block_keys) for j, batch in enumerate(eval_batches)]
+    needed = distributed.broadcast(distributed.is_main() and any(not store.readable(*b.key, keys=block_keys)
                                                                  for b in todo))
+
+    def recorded(batch: dict):
+        """The capture of a block's outputs (the label logits, or their difference)."""
+        cap = capture(model, batch)
+        return cap.with_outputs(output_map(output, cap.logits.shape[1]))
     state: dict = {}
 
     def subsets():
@@ -85,8 +105,15 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
     def compute_direction(block: Block) -> dict[str, torch.Tensor]:
         """One seed's directions of one kernel (block ``direction-<seed index>-<kernel index>``)."""
         name, fit = names[block.j], fits[block.i]
-        weight = weights[name][block.i].to(device=_device(model), dtype=_dtype(model))
-        return subset_directions(subsets()[name], [to_device(b, model) for b in fit.plan.batches["train"]], weight)
+        batches = [to_device(b, model) for b in fit.plan.batches["train"]]
+        if kernel is KernelType.NTK:  # one backward pass over the prompts (the sum over examples first)
+            weight = weights[name][block.i].to(device=_device(model), dtype=_dtype(model))
+            return subset_directions(subsets()[name], batches, weight)
+        weight = weights[name][block.i]  # sign kernels: per-example gradients, transformed, then summed
+        captures = [recorded(b) for b in batches]
+        columns = [gradient_directions(model, subsets()[name], captures, weight[..., s : s + 1], transform)
+                   for s, (transform, _) in enumerate(direction_plan(kernel, weight.shape[2]))]
+        return {key: torch.cat([c[key] for c in columns]).to(_dtype(model)) for key in columns[0]}
 
     if needed:  # directions (one backward pass per seed and kernel) as blocks: shared over ranks, resumable
         cost = [float(sum(tokens(b) for b in f.plan.batches["train"])) for f in fits]
@@ -108,12 +135,27 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
             state[name] = {key: v.to(_device(model)) for key, v in stacked.items()}
         return state[name]
 
+    def project(name: str, batch: dict, cap) -> torch.Tensor:
+        """``[n, O, S_total]``: each stacked column projected with its transform (columns grouped by it)."""
+        stacked = directions(name)
+        out = None
+        for transform in dict.fromkeys(t for _, t in plans[name]):
+            columns = [s for s, (_, t) in enumerate(plans[name]) if t is transform]
+            part = {key: v[columns] for key, v in stacked.items()}
+            if cap is not None:
+                values = project_directions(model, subsets()[name], cap, part, transform)
+            else:
+                values = reference_projection(subsets()[name], batch, part, transform,
+                                              output_map(output, batch["label_token_ids"].numel()))
+            if out is None:
+                out = values.new_zeros(*values.shape[:2], len(plans[name]))
+            out[..., columns] = values
+        return out
+
     def compute(block: Block) -> dict[str, torch.Tensor]:
         batch = to_device(eval_batches[block.j], model)
-        if implementation == "fast":
-            recorded = capture(model, batch)
-            return {f"P/{n}": project_directions(model, subsets()[n], recorded, directions(n)) for n in names}
-        return {f"P/{n}": reference_projection(subsets()[n], batch, directions(n)) for n in names}
+        cap = recorded(batch) if implementation == "fast" else None
+        return {f"P/{n}": project(n, batch, cap) for n in names}
 
     run_blocks(todo, compute, progress=progress, desc="eval projections")
     if needed and distributed.is_main():  # every projection is stored: the directions are not needed again
@@ -135,7 +177,8 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
             first += counts[n][k]
             offsets = fit.f0["eval"].numpy() if fit.offset else None
             labels = np.array([e.label for e in fit.plan.evaluation])
-            accuracies[k][n] = float(np.mean(fit.models[n].predict_from_projections(part, offsets) == labels))
+            accuracies[k][keys[n]] = float(np.mean(fit.models[keys[n]].predict_from_projections(part, offsets)
+                                                   == labels))
     return accuracies, store.compute_seconds("eval") + store.compute_seconds("directions")
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.contract import dense_kernel
-from ntk_peft.ntk.fast import fast_kernels
+from ntk_peft.ntk.fast import fast_kernel
 from ntk_peft.ntk.implementations import NtkImplementation
 from ntk_peft.ntk.kernel_types import KernelType, apply_transform, flipped, output_map
 from ntk_peft.ntk.reference import reference_jacobian
@@ -146,8 +146,9 @@ class BlockKernels:
         out = {}
         for position, (name, sub) in enumerate(zip(self.names, self.resolved)):
             if self.implementation is NtkImplementation.FAST:
-                parts = fast_kernels(self.model, sub, self._mixed(left), self._mixed(right), self.pairs,
-                                     self.linear_method)
+                parts = fast_kernel(self.model, sub, self._mixed(left), self._mixed(right), self.linear_method,
+                                    self.kernel, with_flip=not self.kernel.symmetric)
+                parts = parts if isinstance(parts, tuple) else (parts,)
             else:
                 jac1, jac2 = self._reference_mixed(left[position]), self._reference_mixed(right[position])
                 parts = [dense_kernel(apply_transform(t1, jac1), apply_transform(t2, jac2)) for t1, t2 in self.pairs]

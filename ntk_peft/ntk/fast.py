@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ntk_peft.ntk.capture import Capture, Record
-from ntk_peft.ntk.kernel_types import KernelType, TransformPair
+from ntk_peft.ntk.kernel_types import KernelType, TransformPair, flipped
 from ntk_peft.ntk.kinds import AdapterForward, KernelSum, adapter_kind, subset_kinds
 from ntk_peft.ntk.subsets import SubsetParams, parse_subsets
 
@@ -26,9 +26,16 @@ def fast_kernels(model: nn.Module, sub: SubsetParams, cap1: Capture, cap2: Captu
 
 
 def fast_kernel(model: nn.Module, sub: SubsetParams, cap1: Capture, cap2: Capture, linear_method: str = "auto",
-                kernel: str | KernelType = KernelType.NTK) -> torch.Tensor:
-    """The fast kernel of one resolved subset between two captures: ``[n1, n2, O, O]``."""
-    return fast_kernels(model, sub, cap1, cap2, [KernelType.parse(kernel).transforms], linear_method)[0]
+                kernel: str | KernelType = KernelType.NTK, *, with_flip: bool = False):
+    """The fast kernel of one resolved subset between two captures: ``[n1, n2, O, O]``.
+
+    ``with_flip``: also ⟨T₂(g(x)), T₁(g(x'))⟩ between the same captures (the kernel of the mirrored pair,
+    for an asymmetric type), returned as a tuple (kernel, flip) from one walk.
+    """
+    pair = KernelType.parse(kernel).transforms
+    if with_flip:
+        return tuple(fast_kernels(model, sub, cap1, cap2, [pair, flipped(pair)], linear_method))
+    return fast_kernels(model, sub, cap1, cap2, [pair], linear_method)[0]
 
 
 def full_kernel(model: nn.Module, cap1: Capture, cap2: Capture, linear_method: str = "auto") -> torch.Tensor:

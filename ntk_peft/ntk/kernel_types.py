@@ -79,3 +79,20 @@ def output_map(output: str, classes: int) -> torch.Tensor | None:
     if classes != 2:
         raise UserError(f"the logit-difference output needs 2 label words, this task has {classes}")
     return torch.tensor([[-1.0, 1.0]], dtype=torch.float64)
+
+
+def direction_plan(kernel: KernelType, count: int) -> list[TransformPair]:
+    """Per direction column s of a solver's weights W ``[n, O, S]``: (transform of the training gradients in
+    v_s = Σ W·T(g(x_i)), transform of the new example's gradient it is projected on).
+
+    A prediction Σ_i W_i K(x, x_i) = ⟨T₁(g(x)), Σ_i W_i T₂(g(x_i))⟩: (T₂, T₁). The asymmetric LS-SVM's two
+    columns (`AsymmetricLSSVM.direction_weights`) use K(x_i, x) = ⟨g(x_i), T₂(g(x))⟩ for its target side
+    (column 0: (T₁, T₂)) and K(x, x_i) for its source side (column 1: (T₂, T₁)).
+    """
+    first, second = kernel.transforms
+    if kernel.symmetric:
+        return [(second, first)] * count
+    if count != 2:
+        raise UserError(f"an asymmetric kernel's solver gives 2 direction columns (target and source side), "
+                        f"got {count}")
+    return [(first, second), (second, first)]

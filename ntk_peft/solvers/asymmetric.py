@@ -35,10 +35,11 @@ from ntk_peft.solvers.klr import binary_kernel
 
 
 def _scalar(kernel, what: str) -> np.ndarray:
-    """``[n1, n2]`` kernel of the logit difference f_1 − f_0 (given as such, or from ``[n1, n2, 2, 2]``)."""
+    """``[n1, n2]`` kernel of the logit difference f_1 − f_0 (given as such, as ``[n1, n2, 1, 1]``, or
+    reduced from ``[n1, n2, 2, 2]``)."""
     kernel = np.asarray(kernel, dtype=np.float64)
     if kernel.ndim == 4:
-        if kernel.shape[2:] != (2, 2):
+        if kernel.shape[2:] not in ((2, 2), (1, 1)):
             raise UserError(f"the asymmetric LS-SVM is for two classes only; the {what} kernel has "
                             f"{kernel.shape[2]} (use klr or krr for more)")
         kernel = binary_kernel(kernel)
@@ -122,3 +123,23 @@ class AsymmetricLSSVM(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, kernel, f0=None, flipped=None) -> np.ndarray:
         return softmax(self.decision_function(kernel, f0, flipped), axis=1)
+
+    def direction_weights(self) -> np.ndarray:
+        """W ``[n, 1, 2]`` over the difference output: column 0 the target side λ_mix·α·t (a direction of
+        gradients, projected on T₂ of the new example's gradient), column 1 the source side
+        (1 − λ_mix)·β·t (a direction of T₂ of gradients, projected on the new example's gradient); see
+        `ntk_peft.ntk.kernel_types.direction_plan`."""
+        target = self.mix * self.alpha_ * self.targets_
+        source = (1.0 - self.mix) * self.beta_ * self.targets_
+        return np.stack([target, source], axis=1)[:, None, :]
+
+    def decision_from_projections(self, projections, f0=None) -> np.ndarray:
+        """``[m, 2]`` from P ``[m, 1, 2]`` (the two columns of `direction_weights`, each projected its way)."""
+        projections = np.asarray(projections, dtype=np.float64)
+        scores = projections[:, 0, 0] + projections[:, 0, 1]
+        shift = _difference(f0)
+        scores = scores if shift is None else scores + shift
+        return np.stack([-scores / 2, scores / 2], axis=1)
+
+    def predict_from_projections(self, projections, f0=None) -> np.ndarray:
+        return np.argmax(self.decision_from_projections(projections, f0), axis=1)

@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.svm import SVC
 
 from ntk_peft.errors import UserError
+from ntk_peft.solvers.asymmetric import AsymmetricLSSVM
 from ntk_peft.solvers.klr import binary_kernel, fit_klr, flat_kernel, klr_logits
 
 
@@ -81,7 +82,8 @@ class KernelLogisticRegression(_KernelClassifier):
 
     def fit(self, kernel, y, f0=None):
         kernel = self._check(kernel, True)
-        self.classes_ = np.arange(kernel.shape[2])
+        self.classes_ = np.arange(max(kernel.shape[2], 2))  # one output: the logit difference of 2 classes
+        self.outputs_ = kernel.shape[2]
         self.fit_ = fit_klr(kernel, np.asarray(y), self.lam, f0, self.mode, self.tol)
         return self
 
@@ -90,11 +92,15 @@ class KernelLogisticRegression(_KernelClassifier):
 
     def direction_weights(self) -> np.ndarray:
         alpha = self.fit_["alpha"]
+        if self.outputs_ == 1:  # a kernel of the difference output: W[i, 0, 0] = α_i
+            return alpha[:, None, None]
         return _difference_weights(alpha) if self.fit_["mode"] == "binary" else alpha[..., None]
 
     def decision_from_projections(self, projections, f0=None) -> np.ndarray:
         projections = np.asarray(projections, dtype=np.float64)
         m, classes, _ = projections.shape
+        if self.outputs_ == 1:
+            return _offset(f0, m, 2) + _split_shift(projections[:, 0, 0])
         if self.fit_["mode"] == "binary":
             return _offset(f0, m, classes) + _split_shift(projections[:, 1, 0] - projections[:, 0, 0])
         return _offset(f0, m, classes) + projections[:, :, 0]
@@ -172,11 +178,12 @@ class KernelSVMClassifier(_KernelClassifier):
         return _split_shift(projections[:, 1, 0] - projections[:, 0, 0] + self.svc_.intercept_[0])
 
 
-SOLVERS = {"klr": KernelLogisticRegression, "krr": KernelRidgeClassifier, "svm": KernelSVMClassifier}
+SOLVERS = {"klr": KernelLogisticRegression, "krr": KernelRidgeClassifier, "svm": KernelSVMClassifier,
+           "lssvm": AsymmetricLSSVM}
 
 
 def make_solver(name: str, lam: float):
-    """A solver by name (``klr``, ``krr``, ``svm``) with regularisation λ."""
+    """A solver by name (``klr``, ``krr``, ``svm``, ``lssvm``: AsK-LS) with regularisation λ."""
     if name not in SOLVERS:
         raise UserError(f"unknown solver {name!r}; valid: {', '.join(SOLVERS)}")
     return SOLVERS[name](lam=lam)
@@ -189,17 +196,19 @@ def kernel_scale(kernel) -> float:
 
 
 def select_lambda(name: str, kernel_train, y_train, kernel_dev_train, y_dev, f0_train=None, f0_dev=None,
-                  grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)) -> tuple[float, list[float]]:
+                  grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), flipped=None) -> tuple[float, list[float]]:
     """λ = g·scale for g in ``grid`` with the best dev accuracy (ties: the larger λ).
 
     ``scale`` is `kernel_scale` of the train kernel, so the grid means the
-    same on kernels of any magnitude. Returns (λ, dev accuracies per g).
+    same on kernels of any magnitude. ``flipped``: K(train, dev) for an
+    asymmetric kernel (``lssvm``). Returns (λ, dev accuracies per g).
     """
     scale = kernel_scale(kernel_train)
     grid = [g * scale for g in grid]
     accuracies = []
     for lam in grid:
         model = make_solver(name, lam).fit(kernel_train, y_train, f0_train)
-        accuracies.append(float(np.mean(model.predict(kernel_dev_train, f0_dev) == np.asarray(y_dev))))
+        extra = {} if flipped is None else {"flipped": flipped}
+        accuracies.append(float(np.mean(model.predict(kernel_dev_train, f0_dev, **extra) == np.asarray(y_dev))))
     best = max(range(len(grid)), key=lambda k: (accuracies[k], grid[k]))
     return grid[best], accuracies

@@ -28,7 +28,10 @@ from ntk_peft.errors import UserError
 
 
 def binary_kernel(kernel: np.ndarray) -> np.ndarray:
-    """Kernel of f_1 − f_0 from a ``[n1, n2, 2, 2]`` kernel: ``[n1, n2]``."""
+    """Kernel of f_1 − f_0: ``[n1, n2]`` from a ``[n1, n2, 2, 2]`` label-logit kernel (exact for bilinear
+    kernels, the NTK) or from a ``[n1, n2, 1, 1]`` kernel of the difference output itself (sign kernels)."""
+    if kernel.shape[2] == 1:
+        return kernel[..., 0, 0]
     return kernel[..., 1, 1] - kernel[..., 1, 0] - kernel[..., 0, 1] + kernel[..., 0, 0]
 
 
@@ -61,7 +64,8 @@ def fit_klr(kernel: np.ndarray, y: np.ndarray, lam: float, f0: np.ndarray | None
         y: ``[n]`` class indices.
         lam: λ > 0.
         f0: ``[n, C]`` offset logits, or None for zeros.
-        mode: ``binary`` (C = 2 only), ``softmax``, or ``auto`` (binary when C = 2).
+        mode: ``binary`` (C = 2, or a C = 1 kernel of the logit difference f_1 − f_0), ``softmax``,
+            or ``auto`` (binary when C ≤ 2).
 
     Returns:
         dict with ``alpha`` (``[n]`` or ``[n, C]``), ``mode``, ``objective``,
@@ -73,10 +77,12 @@ def fit_klr(kernel: np.ndarray, y: np.ndarray, lam: float, f0: np.ndarray | None
     if not lam > 0:
         raise UserError(f"lambda must be positive, got {lam}")
     if mode == "auto":
-        mode = "binary" if classes == 2 else "softmax"
-    if mode == "binary" and classes != 2:
+        mode = "binary" if classes <= 2 else "softmax"
+    if mode == "binary" and classes > 2:
         raise UserError(f"binary kernel logistic regression needs 2 classes, got {classes}")
-    f0 = np.zeros((n, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+    if mode == "softmax" and classes == 1:
+        raise UserError("a kernel of the logit difference (one output) takes binary kernel logistic regression")
+    f0 = np.zeros((n, max(classes, 2))) if f0 is None else np.asarray(f0, dtype=np.float64)
     binary = mode == "binary"
     gram = binary_kernel(kernel) if binary else flat_kernel(kernel)
     offset = f0[:, 1] - f0[:, 0] if binary else f0.reshape(-1)
@@ -126,7 +132,7 @@ def klr_logits(kernel_eval_train: np.ndarray, alpha: np.ndarray, mode: str,
     """Predicted label logits ``[m, C]`` from K(eval, train) ``[m, n, C, C]``."""
     kernel = np.asarray(kernel_eval_train, dtype=np.float64)
     m, _, classes, _ = kernel.shape
-    f0 = np.zeros((m, classes)) if f0 is None else np.asarray(f0, dtype=np.float64)
+    f0 = np.zeros((m, max(classes, 2))) if f0 is None else np.asarray(f0, dtype=np.float64)
     if mode == "binary":
         # f_1 − f_0 moves by K_b·α; split it symmetrically over the two logits.
         shift = binary_kernel(kernel) @ alpha

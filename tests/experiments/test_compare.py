@@ -249,3 +249,65 @@ def test_directions_are_resumable_blocks_removed_once_every_projection_is_stored
     assert calls["directions"] == 4 and resumed == clean  # read back, not recomputed
     assert not list(folder.glob("direction-*")) and (folder / "directions-0-0.safetensors").is_file()
     assert seconds > 0
+
+
+def test_sign_kernels_score_by_projection_as_by_their_eval_kernels(tmp_path):
+    """SignGD and asymmetric SignGD models (klr, AsK-LS on the logit difference): the eval decisions from
+    projections (directions of sign gradients, two sides for AsK-LS) equal those from the eval kernels."""
+    import torch
+
+    from ntk_peft import load_model
+    from ntk_peft.experiments.compare import fit_seed, kernel_key, plan_seed
+    from ntk_peft.experiments.projections import score_with_projections
+    from ntk_peft.ntk import kernel_blocks
+    from ntk_peft.ntk.kernel_types import KernelType
+
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    names = ["full", "row1", "lora1"]
+    kinds = (KernelType.SIGNGD, KernelType.ASYMMETRIC_SIGNGD)
+    plans = [plan_seed(model, tok, "tiny-llama", "sst2", names, 4, seed, tmp_path, max_eval=10, block_size=4)
+             for seed in (13, 21)]
+    fits = [fit_seed(model, tok, "sst2", names, plan, progress=False, kernels=kinds) for plan in plans]
+    for kernel in kinds:
+        keys = {n: kernel_key(kernel, n) for n in names}
+        by_projection, _ = score_with_projections(model, fits, names, tmp_path / kernel.value, model_name="tiny-llama",
+                                                  progress=False, kernel=kernel, output="difference", keys=keys)
+        for fit, accuracy in zip(fits, by_projection):
+            restore = torch.from_numpy(np.argsort(fit.plan.eval_order))
+            eval_train = kernel_blocks(model, fit.plan.batches["train"], fit.plan.batches["eval"], names,
+                                       kernel=kernel, output="difference", progress=False)
+            labels = np.array([e.label for e in fit.plan.evaluation])
+            for n in names:
+                solver = fit.models[keys[n]]
+                train_eval = eval_train[n][:, restore]  # K(train_i, eval_m) [n, m, 1, 1]
+                if kernel.symmetric:
+                    decision = solver.decision_function(train_eval.permute(1, 0, 3, 2).numpy(), fit.f0["eval"].numpy())
+                else:
+                    eval_first = eval_train[n + "~"][:, restore].permute(1, 0, 3, 2).numpy()
+                    decision = solver.decision_function(eval_first, fit.f0["eval"].numpy(),
+                                                        flipped=train_eval[..., 0, 0].numpy())
+                assert accuracy[keys[n]] == float(np.mean(decision.argmax(1) == labels))
+                assert np.abs(decision).max() > 0
+
+
+def test_compare_cli_with_every_kernel_type(capsys, tmp_path):
+    code, out, err = _run(capsys, "--task", "sst2", "--subset", "row1", "--kernel", "ntk", "--kernel", "signgd",
+                          "--kernel", "asymmetric_signgd", "--model", "tiny-llama", "--k", "4", "--seeds", "13",
+                          "--max-eval", "8", "--out", str(tmp_path), "--no-figures")
+    assert code == 0, err
+    results = json.loads((tmp_path / "results.json").read_text())
+    for key in ("full", "row1", "signgd:full", "signgd:row1", "asymmetric_signgd:full", "asymmetric_signgd:row1"):
+        assert 0 <= results["summary"]["accuracy"][key]["mean"] <= 1
+        assert key in out
+    assert results["kernel_types"]["asymmetric_signgd"] == {"solver": "lssvm", "output": "difference"}
+    assert set(results["summary"]["relative_difference"]) == {"row1", "signgd:row1", "asymmetric_signgd:row1"}
+    # stored apart: another run adding a kernel type reads the NTK blocks back
+    meta = json.loads((tmp_path / "seed-13" / "meta.json").read_text())
+    assert meta["kernels"]["train-signgd"]["kernel"] == "signgd" and meta["kernels"]["train"]["kernel"] == "ntk"
+
+
+def test_asymmetric_kernel_on_a_multiclass_task_is_one_line(capsys, tmp_path):
+    code, _, err = _run(capsys, "--task", "mnli", "--subset", "row1", "--kernel", "asymmetric_signgd",
+                        "--model", "tiny-llama", "--out", str(tmp_path / "x"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "AsK-LS) is for two classes; MNLI has 3" in err

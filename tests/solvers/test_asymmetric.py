@@ -85,3 +85,46 @@ def test_bad_input_is_refused_in_one_line(kernel, y, match):
     with pytest.raises(UserError, match=match) as caught:
         AsymmetricLSSVM().fit(kernel, y)
     assert "\n" not in str(caught.value)
+
+
+def test_projections_of_both_sides_give_the_kernel_decision():
+    """direction_weights' two columns, projected as `direction_plan` says (column 0 on the evaluation side's
+    psi with phi-directions, column 1 on phi with psi-directions), give decision_function exactly."""
+    phi, psi, y, n = _features(seed=2)
+    f0 = np.random.default_rng(3).normal(size=(n + 5, 2))
+    model = AsymmetricLSSVM(lam=0.2, mix=0.35).fit((phi[:n] @ psi[:n].T)[:, :, None, None], y, f0[:n])
+    weights = model.direction_weights()  # [n, 1, 2]
+    assert weights.shape == (n, 1, 2)
+    target_direction = weights[:, 0, 0] @ phi[:n]  # Σ W_i phi(x_i), projected on psi(x): K(x_i, x)
+    source_direction = weights[:, 0, 1] @ psi[:n]  # Σ W_i psi(x_i), projected on phi(x): K(x, x_i)
+    projections = np.stack([psi[n:] @ target_direction, phi[n:] @ source_direction], axis=1)[:, None, :]
+    expected = model.decision_function(phi[n:] @ psi[:n].T, f0[n:], flipped=phi[:n] @ psi[n:].T)
+    assert np.allclose(model.decision_from_projections(projections, f0[n:]), expected, rtol=1e-12, atol=1e-12)
+    assert (model.predict_from_projections(projections, f0[n:]) == expected.argmax(1)).all()
+
+
+def test_one_output_kernels_are_the_logit_difference():
+    """A [n, n, 1, 1] kernel is the difference kernel itself: as the [n, n] one, for AsK-LS and for KLR
+    (whose [n, n, 2, 2] kernel with that difference kernel gives the same fit)."""
+    from ntk_peft.solvers import KernelLogisticRegression
+
+    phi, psi, y, n = _features(seed=4)
+    kernel = phi[:n] @ phi[:n].T
+    f0 = np.random.default_rng(5).normal(size=(n, 2))
+    one = AsymmetricLSSVM(lam=0.1).fit(kernel[:, :, None, None], y, f0)
+    plain = AsymmetricLSSVM(lam=0.1).fit(kernel, y, f0)
+    assert np.array_equal(one.alpha_, plain.alpha_)
+    split = np.zeros((n, n, 2, 2))  # outputs (-d/2, d/2): binary_kernel gives back the difference kernel
+    split[..., 0, 0] = split[..., 1, 1] = kernel / 4
+    split[..., 0, 1] = split[..., 1, 0] = -kernel / 4
+    klr_one = KernelLogisticRegression(lam=0.05).fit(kernel[:, :, None, None], y, f0)
+    klr_two = KernelLogisticRegression(lam=0.05).fit(split, y, f0)
+    assert np.allclose(klr_one.fit_["alpha"], klr_two.fit_["alpha"], rtol=1e-10, atol=1e-12)
+    assert np.allclose(klr_one.decision_function(kernel[:, :, None, None], f0),
+                       klr_two.decision_function(split, f0), rtol=1e-10, atol=1e-12)
+    weights = klr_one.direction_weights()
+    assert weights.shape == (n, 1, 1)
+    projections = np.einsum("ji,is->js", kernel, weights[:, 0, :])[:, None, :]
+    assert np.allclose(klr_one.decision_from_projections(projections, f0), klr_one.decision_function(
+        kernel[:, :, None, None], f0), rtol=1e-12, atol=1e-12)
+    assert list(klr_one.classes_) == [0, 1]
