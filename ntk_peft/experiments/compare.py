@@ -387,7 +387,13 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
         fit.result["accuracy"] = {**accuracy, "zeroshot": float(np.mean(fit.f0["eval"].argmax(1).numpy()
                                                                          == eval_labels(fit)))}
         fit.result["timing_s"]["kernels_s"] = fit.plan.store.compute_seconds()
+        fit.result["timing_s"]["train_dev_kernels_by_type_s"] = {
+            t.value: sum(fit.plan.store.compute_seconds(store_name(part, t)) for part in ("train", "dev"))
+            for t in kernel_types}
         per_seed.append(fit.result)
+    by_type = {t.value: sum(r["timing_s"]["train_dev_kernels_by_type_s"][t.value] for r in per_seed)
+               for t in kernel_types}
+    timing["train_dev_kernels_by_type"] = by_type
     names = [*keys, "zeroshot"]
     summary = {
         "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
@@ -399,7 +405,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
                "kernel_types": {t.value: {"solver": kernel_solver(t, solver),
                                           "output": kernel_output(t, len(spec.labels))} for t in kernel_types},
-               "subsets": [n for n in names if n != "zeroshot"], "offset_f0": offset, "max_eval": max_eval,
+               "subsets": [n for n in names if n != "zeroshot"], "kernel_subsets": kernel_names, "offset_f0": offset, "max_eval": max_eval,
                "adapter_checkpoint": described, "eval_predictions": "projections" if by_projection else "kernels",
                "per_seed": per_seed, "summary": summary,
                "timing_s": {"total": time.perf_counter() - started,

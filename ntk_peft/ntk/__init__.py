@@ -2,8 +2,10 @@
 
 `empirical_ntk(model, batch1, batch2, subsets, implementation)` returns one
 ``[n1, n2, C, C]`` float64 kernel per subset; see `NtkImplementation` for
-the implementations and their costs. `kernel_blocks` (one `KernelJob`) and
-`run_kernel_jobs` compute large kernels block by block into a `KernelStore`
+the implementations and their costs, and `KernelType` for the SignGD kernels
+(``kernel=``) and the logit-difference output (``output=``). Per-example
+gradients and closed forms live in one class per parameter kind (`kinds`).
+`kernel_blocks` (one `KernelJob`) and `run_kernel_jobs` compute large kernels block by block into a `KernelStore`
 through the one scheduler `run_blocks`, shared over the ranks of a
 torch.distributed process group (`distributed`).
 """
@@ -21,6 +23,7 @@ from ntk_peft.ntk.blocked import (
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.engine import empirical_ntk
 from ntk_peft.ntk.implementations import NtkImplementation
+from ntk_peft.ntk.kernel_types import KernelType
 from ntk_peft.ntk.layout import from_flat, to_flat, to_lm_kernel_ft, trace_over_outputs
 from ntk_peft.ntk.reference import reference_jacobian
 from ntk_peft.ntk.schedule import Block, RunReport, run_blocks, shard
@@ -34,6 +37,7 @@ __all__ = [
     "CrossJob",
     "KernelJob",
     "KernelStore",
+    "KernelType",
     "MemoryStore",
     "NtkImplementation",
     "RunReport",

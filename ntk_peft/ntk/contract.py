@@ -186,10 +186,14 @@ class LinearKernelSum:
 
 
 def per_example_weight_grads(rec: Record) -> torch.Tensor:
-    """Σ_t g_t a_tᵀ per example and class (pads are zero): ``[n, C, d_out·d_in]`` in the recorded dtype."""
-    inputs, grads = rec.inputs, rec.grads
+    """Σ_t g_t a_tᵀ per example and class (pads are zero): ``[n, C, d_out·d_in]`` in the recorded dtype.
+
+    One batched GEMM per example, ``[C, d_out, L] @ [L, d_in]``, written in place (no transposed copy).
+    """
+    inputs, grads = rec.inputs, rec.grads  # [n, L, d_in], [C, n, L, d_out]
     n, classes = inputs.shape[0], grads.shape[0]
-    return torch.matmul(grads.transpose(2, 3), inputs.unsqueeze(0)).transpose(0, 1).reshape(n, classes, -1)
+    out = torch.matmul(grads.permute(1, 0, 3, 2), inputs.unsqueeze(1))  # [n, C, d_out, d_in]
+    return out.view(n, classes, -1)
 
 
 def bias_jacobian(rec: Record) -> torch.Tensor:

@@ -12,8 +12,14 @@ direction over the recorded data), not the n_train·C kernel columns:
   `capture` of the evaluation block (the fast path; Linear weights as
   Σ_t g_t·(V a_t), embeddings by the looked-up rows, norms and adapters
   through the same per-example Jacobians as `fast_kernel`);
+- `gradient_directions`: v_s = Σ W[i, o, s]·T(∂f_o(x_i)/∂θ_S) from per-example
+  gradients, kind by kind, for sign kernels (T = sign acts per example, so
+  the backward pass above, which sums over examples first, cannot give it);
 - `reference_projection`: ``reference_jacobian`` times the flattened
   directions, the test oracle.
+
+`project_directions` and `reference_projection` take the same transform T for
+the evaluation side: ⟨T(∂f(x)/∂θ_S), v⟩ (see `kernel_types.direction_plan`).
 
 Exact, not an approximation: in exact arithmetic P = Σ_{i,c} K_eval[j, i, d, c]·W[i, c, s].
 """

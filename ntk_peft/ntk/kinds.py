@@ -69,12 +69,18 @@ class KernelSum:
         return self.cap1 is self.cap2
 
     def add_dense(self, jac1: torch.Tensor, jac2: torch.Tensor | None = None) -> None:
-        """Add ⟨T₁(J1), T₂(J2)⟩ for per-example gradients ``[n, O, P]`` (J2 = J1 for one capture)."""
+        """Add ⟨T₁(J1), T₂(J2)⟩ for per-example gradients ``[n, O, P]`` (J2 = J1 for one capture).
+
+        NTK products run in float64. Pairs with a sign transform run in the gradients' own dtype, sums of
+        slices of up to 2²² entries accumulated in float64 (`dense_kernel`): a float32 sum of ±1 products
+        is exact below 2²⁴ terms, and ⟨g, sign g'⟩ in float32 has the precision of the NTK's float32
+        token Grams; converting every layer's gradients to float64 would cost more than the products.
+        """
         for total, (t1, t2) in zip(self.totals, self.pairs):
             a = apply_transform(t1, jac1)
             other = jac1 if jac2 is None else jac2
             b = a if (jac2 is None and t1 is t2) else apply_transform(t2, other)
-            total += dense_kernel(a, b)
+            total += dense_kernel(a, b, input_precision=t1 is not None or t2 is not None)
 
     def plain_pairs(self) -> list[int]:
         return [k for k, (t1, t2) in enumerate(self.pairs) if t1 is None and t2 is None]

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -226,7 +227,10 @@ class KernelStore:
         from safetensors import safe_open
 
         total = 0.0
+        pattern = re.compile(rf"{re.escape(name) if name else '.+'}-\d+-\d+")  # train-0-1, not train-signgd-0-1
         for path in sorted((self.folder / "blocks").glob(f"{name or '*'}-*.safetensors")):
+            if not pattern.fullmatch(path.stem):
+                continue
             with safe_open(str(path), framework="pt") as handle:
                 total += float((handle.metadata() or {}).get("seconds", 0.0))
         return total
