@@ -425,7 +425,8 @@ def format_table(results: dict) -> str:
              f"solver {results['solver']}"
     if checkpoint:
         header += f"\nat the fine-tuned point {checkpoint['path']} ({checkpoint['spec']})"
-    columns = f"{'kernel':<14}{'accuracy':>18}{'rel. diff p=1':>20}{'rel. diff p=2':>20}"
+    width = max(14, *(len(f"K_{name}") + 2 for name in acc))
+    columns = f"{'kernel':<{width}}{'accuracy':>18}{'rel. diff p=1':>20}{'rel. diff p=2':>20}"
     lines = [header, columns + (f"{'|K0-Kt|/|K0|':>20}" if moved else "")]
     for name, stats in acc.items():
         diff = results["summary"]["relative_difference"].get(name)
@@ -435,5 +436,5 @@ def format_table(results: dict) -> str:
             cells.append(f"{moved[name]['mean']:.3f} ({moved[name]['std']:.3f})" if name in moved else "-")
         zeroshot = "fine-tuned" if checkpoint else "zero-shot"
         label = "K_full" if name == "full" else (zeroshot if name == "zeroshot" else f"K_{name}")
-        lines.append(f"{label:<14}" + "".join(f"{c:>{18 if i == 0 else 20}}" for i, c in enumerate(cells)))
+        lines.append(f"{label:<{width}}" + "".join(f"{c:>{18 if i == 0 else 20}}" for i, c in enumerate(cells)))
     return "\n".join(lines)
