@@ -57,11 +57,11 @@ def build_parser() -> Parser:
     parser.add_argument("--kernel", action="append", default=None, choices=("ntk", "signgd", "asymmetric_signgd"),
                         help="kernel type (repeatable; default ntk): the eNTK, the SignGD kernel "
                              "<sign g, sign g'> or the asymmetric one <g, sign g'> (LM-Kernel-FT); sign kernels of "
-                             "a binary task are of the logit difference, solved by klr (signgd) and AsK-LS "
-                             "(asymmetric_signgd); results are named <type>:<subset>")
+                             "a binary task are of the logit difference; asymmetric_signgd is solved by AsK-LS; "
+                             "results are named <type>:<subset>")
     parser.add_argument("--solver", choices=("klr", "krr", "svm", "lssvm"), default="klr",
-                        help="NTK solver: kernel logistic regression (default), kernel ridge, SVM or the "
-                             "least-squares SVM (binary)")
+                        help="solver of the symmetric kernels: kernel logistic regression (default), kernel ridge, "
+                             "SVM or the least-squares SVM (binary)")
     parser.add_argument("--lambda", dest="lam", type=positive_float, default=None,
                         help="regularisation; default: picked on the dev split from a grid relative to the kernel scale")
     parser.add_argument("--no-offset", dest="offset", action="store_false",

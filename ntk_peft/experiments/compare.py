@@ -75,8 +75,9 @@ def kernel_output(kernel: KernelType, classes: int) -> str:
 
 
 def kernel_solver(kernel: KernelType, solver: str) -> str:
-    """``solver`` for the NTK; SignGD kernels: kernel logistic regression; asymmetric: AsK-LS (``lssvm``)."""
-    return {KernelType.NTK: solver, KernelType.SIGNGD: "klr", KernelType.ASYMMETRIC_SIGNGD: "lssvm"}[kernel]
+    """``solver`` for symmetric kernels (the NTK, SignGD); the asymmetric kernel: AsK-LS (``lssvm``), the one
+    solver here for asymmetric kernels."""
+    return "lssvm" if kernel is KernelType.ASYMMETRIC_SIGNGD else solver
 
 
 def store_name(part: str, kernel: KernelType) -> str:

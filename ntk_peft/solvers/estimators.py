@@ -107,37 +107,52 @@ class KernelLogisticRegression(_KernelClassifier):
 
 
 class KernelRidgeClassifier(_KernelClassifier):
-    """Kernel ridge regression on one-hot targets (offset by f0)."""
+    """Kernel ridge regression on one-hot targets (offset by f0); on a one-output kernel of the logit
+    difference, on the targets ±1 (offset by f0₁ − f0₀)."""
 
     def __init__(self, lam: float = 1e-3):
         self.lam = lam
 
     def fit(self, kernel, y, f0=None):
         kernel = self._check(kernel, True)
-        n, _, classes, _ = kernel.shape
-        self.classes_ = np.arange(classes)
-        f0 = _offset(f0, n, classes)
-        targets = np.eye(classes)[np.asarray(y)] - f0
-        system = flat_kernel(kernel) + self.lam * np.eye(n * classes)
+        n, _, outputs, _ = kernel.shape
+        self.outputs_ = outputs
+        self.classes_ = np.arange(max(outputs, 2))
+        y = np.asarray(y)
+        if outputs == 1:
+            targets = 2.0 * y - 1.0 - _difference(_offset(f0, n, 2))
+        else:
+            targets = np.eye(outputs)[y] - _offset(f0, n, outputs)
+        system = flat_kernel(kernel) + self.lam * np.eye(n * outputs)
         self.alpha_ = np.linalg.solve(system, targets.reshape(-1))
         return self
 
+    def _finish(self, moved: np.ndarray, f0, m: int) -> np.ndarray:
+        """``[m, C]`` from the kernel part ``[m, O]``."""
+        if self.outputs_ == 1:
+            return _offset(f0, m, 2) + _split_shift(moved[:, 0])
+        return _offset(f0, m, self.outputs_) + moved
+
     def decision_function(self, kernel, f0=None):
         kernel = self._check(kernel, False)
-        m, _, classes, _ = kernel.shape
-        f0 = _offset(f0, m, classes)
-        return f0 + (flat_kernel(kernel) @ self.alpha_).reshape(m, classes)
+        m = kernel.shape[0]
+        return self._finish((flat_kernel(kernel) @ self.alpha_).reshape(m, self.outputs_), f0, m)
 
     def direction_weights(self) -> np.ndarray:
-        return self.alpha_.reshape(-1, len(self.classes_))[..., None]
+        return self.alpha_.reshape(-1, self.outputs_)[..., None]
 
     def decision_from_projections(self, projections, f0=None) -> np.ndarray:
         projections = np.asarray(projections, dtype=np.float64)
-        return _offset(f0, projections.shape[0], projections.shape[1]) + projections[:, :, 0]
+        return self._finish(projections[:, :, 0], f0, projections.shape[0])
+
+
+def _difference(f0: np.ndarray) -> np.ndarray:
+    return f0[:, 1] - f0[:, 0]
 
 
 def scalar_kernel(kernel: np.ndarray) -> np.ndarray:
-    """Logit-difference kernel for 2 classes, trace over outputs otherwise."""
+    """Logit-difference kernel for 2 classes (or the one-output kernel of the difference itself), trace
+    over outputs otherwise."""
     return binary_kernel(kernel) if kernel.shape[2] == 2 else np.trace(kernel, axis1=2, axis2=3)
 
 
@@ -149,7 +164,8 @@ class KernelSVMClassifier(_KernelClassifier):
 
     def fit(self, kernel, y, f0=None):
         kernel = self._check(kernel, True)
-        self.classes_ = np.arange(kernel.shape[2])
+        self.outputs_ = kernel.shape[2]
+        self.classes_ = np.arange(max(kernel.shape[2], 2))
         self.svc_ = SVC(kernel="precomputed", C=1.0 / self.lam).fit(scalar_kernel(kernel), np.asarray(y))
         self.n_train_ = kernel.shape[0]
         return self
@@ -169,13 +185,14 @@ class KernelSVMClassifier(_KernelClassifier):
             return None
         coefficients = np.zeros(self.n_train_)
         coefficients[self.svc_.support_] = self.svc_.dual_coef_[0]
-        return _difference_weights(coefficients)
+        return coefficients[:, None, None] if self.outputs_ == 1 else _difference_weights(coefficients)
 
     def decision_from_projections(self, projections, f0=None) -> np.ndarray:
         if self.direction_weights() is None:
             raise NotImplementedError("the multi-class SVM predicts from kernels only")
         projections = np.asarray(projections, dtype=np.float64)
-        return _split_shift(projections[:, 1, 0] - projections[:, 0, 0] + self.svc_.intercept_[0])
+        moved = projections[:, 0, 0] if self.outputs_ == 1 else projections[:, 1, 0] - projections[:, 0, 0]
+        return _split_shift(moved + self.svc_.intercept_[0])
 
 
 SOLVERS = {"klr": KernelLogisticRegression, "krr": KernelRidgeClassifier, "svm": KernelSVMClassifier,

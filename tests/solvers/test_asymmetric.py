@@ -128,3 +128,36 @@ def test_one_output_kernels_are_the_logit_difference():
     assert np.allclose(klr_one.decision_from_projections(projections, f0), klr_one.decision_function(
         kernel[:, :, None, None], f0), rtol=1e-12, atol=1e-12)
     assert list(klr_one.classes_) == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["krr", "svm"])
+def test_ridge_and_svm_take_one_output_difference_kernels(name):
+    """KRR on the difference kernel regresses ±1 − (f0₁ − f0₀); the SVM sees the same scalar kernel as from
+    the [n, n, 2, 2] kernel whose difference it is. Projections of direction_weights give the decision."""
+    from ntk_peft.solvers import make_solver
+    from ntk_peft.solvers.klr import binary_kernel
+
+    phi, _, y, n = _features(seed=6)
+    kernel = phi @ phi.T  # [n + m, n + m]
+    f0 = np.random.default_rng(7).normal(size=(n + 5, 2))
+    one = make_solver(name, 0.3).fit(kernel[:n, :n, None, None], y, f0[:n])
+    eval_kernel = kernel[n:, :n, None, None]
+    decision = one.decision_function(eval_kernel, f0[n:])
+    if name == "krr":
+        targets = 2.0 * y - 1.0 - (f0[:n, 1] - f0[:n, 0])
+        alpha = np.linalg.solve(kernel[:n, :n] + 0.3 * np.eye(n), targets)
+        shift = kernel[n:, :n] @ alpha + f0[n:, 1] - f0[n:, 0]
+        assert np.allclose(decision[:, 1] - decision[:, 0], shift, rtol=1e-10, atol=1e-12)
+    else:
+        split = np.zeros((n, n, 2, 2))
+        split[..., 0, 0] = split[..., 1, 1] = kernel[:n, :n] / 4
+        split[..., 0, 1] = split[..., 1, 0] = -kernel[:n, :n] / 4
+        assert np.allclose(binary_kernel(split), kernel[:n, :n])
+        two = make_solver(name, 0.3).fit(split, y)
+        assert np.allclose(decision, two.decision_function(
+            np.stack([np.stack([eval_kernel[..., 0, 0] / 4, -eval_kernel[..., 0, 0] / 4], -1),
+                      np.stack([-eval_kernel[..., 0, 0] / 4, eval_kernel[..., 0, 0] / 4], -1)], -2)), atol=1e-10)
+    weights = one.direction_weights()
+    assert weights.shape == (n, 1, 1)
+    projections = np.einsum("ji,is->js", kernel[n:, :n], weights[:, 0, :])[:, None, :]
+    assert np.allclose(one.decision_from_projections(projections, f0[n:]), decision, rtol=1e-10, atol=1e-12)
