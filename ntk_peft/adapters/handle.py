@@ -15,19 +15,11 @@ import torch
 from torch import nn
 
 from ntk_peft.adapters.base import AdaptedLinear
-from ntk_peft.adapters.cp import CPAdapter, CPFactors
-from ntk_peft.adapters.lora import LoRAAdapter
-from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter
-from ntk_peft.adapters.monarch import MonarchAdapter
-from ntk_peft.adapters.rowcol import ColAdapter, RandomEntriesAdapter, RowAdapter, select_indices, wanda_scores
-from ntk_peft.adapters.scaling import BiasAdapter, IA3Adapter
+from ntk_peft.adapters.registry import FAMILIES, BuildContext, get_family
 from ntk_peft.adapters.spec import AdapterSpec, parse_spec
 from ntk_peft.adapters.targets import Target, resolve_targets
 from ntk_peft.errors import UserError
 from ntk_peft.io import save_tensors, write_json
-
-DEFAULT_TARGETS = {"ia3": "k,v,down", "cp": "attn"}  # IA3's and LoRTA's own choices; others: all
-SUPPORTED = ("full", "row", "col", "rand", "lora", "more", "cp", "lorma+", "lormapi", "bias", "ia3")
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -152,63 +144,6 @@ class AdapterHandle:
         return folder
 
 
-def head_dim_of(model: nn.Module) -> int:
-    """Attention head size from the model config (LoRTA's output-within-head mode)."""
-    config = model.config
-    size = getattr(config, "head_dim", None)
-    return int(size or config.hidden_size // config.num_attention_heads)
-
-
-def cp_factors_for(model: nn.Module, spec: AdapterSpec, targets: list[Target], generator: torch.Generator,
-                   alpha: float | None) -> tuple[CPFactors, dict[str, int]]:
-    """LoRTA's shared factors sized for the targets, and each matrix type's index.
-
-    The input mode has the largest d_in, the head mode the most heads
-    (d_out / head_dim) among the targets; a smaller layer uses the leading
-    rows (grouped-query k/v projections use the first heads).
-    """
-    head_dim = head_dim_of(model)
-    kinds = list(dict.fromkeys(t.matrix for t in targets))
-    weight = targets[0].module.weight
-    factors = CPFactors(max(t.module.in_features for t in targets), head_dim,
-                        max(-(-t.module.out_features // head_dim) for t in targets),
-                        max(t.layer for t in targets) + 1, len(kinds), spec.rank, alpha=alpha,
-                        generator=generator, dtype=weight.dtype, device=weight.device)
-    return factors, {kind: i for i, kind in enumerate(kinds)}
-
-
-def _build_layer(spec: AdapterSpec, target: Target, generator: torch.Generator, norms, ia3_feedforward,
-                 alpha: float | None = None) -> AdaptedLinear:
-    base = target.module
-    if spec.kind in ("row", "col"):
-        size = base.out_features if spec.kind == "row" else base.in_features
-        if spec.rank > size:
-            raise UserError(f"{spec}: rank {spec.rank} is larger than the {size} {spec.kind}s of {target.name}")
-        scores = size
-        if spec.selection.startswith("wanda"):
-            scores = wanda_scores(base.weight.detach().double(), norms[target.name], spec.kind)
-        indices = select_indices(scores, spec.rank, spec.selection, generator).to(base.weight.device)
-        return RowAdapter(base, indices) if spec.kind == "row" else ColAdapter(base, indices)
-    if spec.kind == "rand":
-        return RandomEntriesAdapter(base, spec.prob, generator)
-    if spec.kind == "lora":
-        if spec.rank > min(base.in_features, base.out_features):
-            raise UserError(f"{spec}: rank {spec.rank} is larger than min(d_out, d_in) of {target.name} "
-                            f"({base.out_features}x{base.in_features})")
-        return LoRAAdapter(base, spec.rank, generator=generator)
-    if spec.kind == "more":
-        return MonarchAdapter(base, spec.blocks, spec.rank, generator)
-    if spec.kind in ("lorma+", "lormapi"):
-        n = base.in_features if spec.post else base.out_features
-        if spec.rank > n:
-            raise UserError(f"{spec}: rank {spec.rank} is larger than n = {n} of {target.name}")
-        cls = LoRMAPlusAdapter if spec.kind == "lorma+" else LoRMAPiAdapter
-        return cls(base, spec.rank, alpha=alpha, post=spec.post, generator=generator)
-    if spec.kind == "bias":
-        return BiasAdapter(base)
-    return IA3Adapter(base, feedforward=ia3_feedforward(target))
-
-
 def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list[str] | None = None, *,
                   seed: int = 0, calibration: dict | None = None, alpha: float | None = None,
                   dropout: float = 0.0) -> AdapterHandle:
@@ -230,13 +165,15 @@ def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list
         `AdapterHandle`.
     """
     spec = parse_spec(spec)
-    if spec.kind not in SUPPORTED:
-        raise UserError(f"adapter {spec} is not available yet; available: full, row, col, rand, lora, more, bias, ia3")
+    family = get_family(spec.kind)
+    if family.build is None and spec.kind != "full":
+        raise UserError(f"{spec} is a kernel subset, not an adapter; adapters: "
+                        f"{', '.join(k for k, f in FAMILIES.items() if f.build is not None or k == 'full')}")
     if targets is None:
-        targets = DEFAULT_TARGETS.get(spec.kind, "all")
+        targets = family.default_targets
     chosen = resolve_targets(model, targets)
     options = {"targets": targets if isinstance(targets, str) else ",".join(targets), "seed": seed}
-    if spec.kind in ("lora", "lorma+", "lormapi", "cp"):
+    if family.scaled:
         options.update(alpha=alpha, dropout=dropout)
     if spec.kind == "full":
         for p in model.parameters():
@@ -244,31 +181,21 @@ def apply_adapter(model: nn.Module, spec: str | AdapterSpec, targets: str | list
         return AdapterHandle(model, spec, [t.name for t in chosen], {}, {}, options=options)
     if any(isinstance(m, AdaptedLinear) for m in model.modules()):
         raise UserError("the model already carries an adapter; call handle.remove() first")
-    norms = None
+    context = BuildContext(torch.Generator().manual_seed(seed), alpha=alpha, dropout=dropout)
     if spec.selection.startswith("wanda") and spec.kind in ("row", "col"):
         if calibration is None:
             raise UserError(f"{spec} needs a calibration batch (Wanda scores use input activations)")
-        norms = input_feature_norms(model, chosen, calibration)
+        context.norms = input_feature_norms(model, chosen, calibration)
     for p in model.parameters():
         p.requires_grad_(False)
-    generator = torch.Generator().manual_seed(seed)
-    layers, originals, shared = {}, {}, nn.ModuleDict()
-    if spec.kind == "cp":
-        shared["cp"], matrix_index = cp_factors_for(model, spec, chosen, generator, alpha)
+    if family.prepare is not None:
+        family.prepare(model, spec, chosen, context)
+    layers, originals = {}, {}
     for target in chosen:
-        if spec.kind == "cp":
-            layer = CPAdapter(target.module, shared["cp"], target.layer, matrix_index[target.matrix],
-                              shared["cp"].head_dim)
-        else:
-            layer = _build_layer(spec, target, generator, norms, lambda t: t.matrix in ("down",), alpha)
-        if spec.kind == "lora" and dropout:
-            layer.dropout = nn.Dropout(dropout)
-        if spec.kind == "lora" and alpha is not None:
-            layer.scale = alpha / spec.rank
-        layers[target.name], originals[target.name] = layer, target.module
+        layers[target.name], originals[target.name] = family.build(spec, target, context), target.module
     for name, layer in layers.items():
         _set_module(model, name, layer)
-    return AdapterHandle(model, spec, list(layers), layers, originals, shared=shared, options=options)
+    return AdapterHandle(model, spec, list(layers), layers, originals, shared=context.shared, options=options)
 
 
 def load_adapter(model: nn.Module, folder: str | Path) -> AdapterHandle:

@@ -1,7 +1,8 @@
 """Which `nn.Linear` layers an adapter wraps.
 
 Targets are resolved inside the transformer blocks (the model's largest
-`nn.ModuleList`), never the embeddings or the LM head:
+`nn.ModuleList`; every Linear of a model without one), never the embeddings
+or the LM head:
 
 - ``all`` (default): every Linear in the blocks;
 - ``attn``: q, k, v, o; ``mlp``: gate, up, down;
@@ -9,7 +10,9 @@ Targets are resolved inside the transformer blocks (the model's largest
   (Llama ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj``;
   BERT/RoBERTa ``query key value attention.output.dense intermediate.dense
   output.dense``);
-- glob patterns over full module names (``*.layers.0.*``).
+- glob patterns over full module names (``*.layers.0.*``); a full name or
+  pattern that matches no Linear in the blocks may name Linear layers
+  outside them (``classifier.*``).
 """
 
 from __future__ import annotations
@@ -58,8 +61,13 @@ def transformer_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def block_linears(model: nn.Module) -> list[Target]:
-    """Every Linear inside the blocks, with its layer index and matrix type."""
-    prefix, blocks = transformer_blocks(model)
+    """Every Linear inside the blocks, with its layer index and matrix type; for a model without a list of
+    blocks (an MLP, a custom module), every Linear of the model (layer index = its order, type = its name)."""
+    try:
+        prefix, blocks = transformer_blocks(model)
+    except UserError:
+        linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        return [Target(name, index, name, name, module) for index, (name, module) in enumerate(linears)]
     out = []
     for layer, block in enumerate(blocks):
         for local, module in block.named_modules():
@@ -67,6 +75,14 @@ def block_linears(model: nn.Module) -> list[Target]:
                 name = f"{prefix}.{layer}.{local}" if prefix else f"{layer}.{local}"
                 out.append(Target(name, layer, local, KNOWN_NAMES.get(local, local), module))
     return out
+
+
+def outside_linears(model: nn.Module, inside: list[Target]) -> list[Target]:
+    """Linear layers outside the blocks (a classifier, a patch projection): reachable by name or pattern only,
+    layer index -1."""
+    taken = {t.name for t in inside}
+    return [Target(name, -1, name, name, module) for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and name not in taken]
 
 
 def resolve_targets(model: nn.Module, targets: str | list[str] = "all") -> list[Target]:
@@ -87,6 +103,8 @@ def resolve_targets(model: nn.Module, targets: str | list[str] = "all") -> list[
             hits = [t for t in layers if t.matrix == kind]
         else:
             hits = [t for t in layers if fnmatch.fnmatchcase(t.name, item) or t.local == item]
+            if not hits:  # a name or pattern may also name Linear layers outside the blocks
+                hits = [t for t in outside_linears(model, layers) if fnmatch.fnmatchcase(t.name, item)]
         if not hits:
             raise UserError(
                 f"target {item!r} matches no Linear layer in the blocks of {type(model).__name__}; valid: "
@@ -95,4 +113,4 @@ def resolve_targets(model: nn.Module, targets: str | list[str] = "all") -> list[
             )
         for target in hits:
             chosen[target.name] = target
-    return [t for t in layers if t.name in chosen]
+    return [t for t in layers + outside_linears(model, layers) if t.name in chosen]

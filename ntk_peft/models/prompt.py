@@ -58,7 +58,8 @@ def lm_head(model: nn.Module) -> nn.Module:
         head = getattr(model, name, None)
         if isinstance(head, nn.Module):
             return head
-    head = model.get_output_embeddings()
+    getter = getattr(model, "get_output_embeddings", None)  # a Hugging Face model; else no LM head
+    head = getter() if getter is not None else None
     if head is None:
         raise ValueError(f"{type(model).__name__} has no LM head to read label words from")
     return head
@@ -79,7 +80,10 @@ class HeadSplit:
 
 def split_lm_head(model: nn.Module) -> HeadSplit | None:
     """The head of Llama-style, BERT and RoBERTa models as a `HeadSplit`; else None."""
-    head = lm_head(model)
+    try:
+        head = lm_head(model)
+    except ValueError:  # no LM head at all (a classifier, any module)
+        return None
     if isinstance(head, nn.Linear):  # causal LMs: no transform
         return HeadSplit(lambda h: h, head.weight, head.bias)
     predictions = getattr(head, "predictions", None)

@@ -22,6 +22,7 @@ from ntk_peft.ntk.contract import dense_kernel
 from ntk_peft.ntk.fast import fast_kernel
 from ntk_peft.ntk.implementations import NtkImplementation
 from ntk_peft.ntk.kernel_types import KernelType, apply_transform, flipped, output_map
+from ntk_peft.ntk.outputs import OutputFunction, batch_size, outputs_name
 from ntk_peft.ntk.reference import reference_jacobian
 from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash, tensor_hash
@@ -82,8 +83,8 @@ def to_device(batch: dict, model: nn.Module) -> dict:
 
 
 def tokens(batch: dict) -> int:
-    """Real (non-pad) tokens of a prompt block: the cost unit of the scheduler."""
-    return int(batch["attention_mask"].sum())
+    """Real (non-pad) tokens of a prompt block (its examples for other batches): the cost unit of the scheduler."""
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch_size(batch)
 
 
 def subset_fingerprint(sub: SubsetParams) -> str:
@@ -100,10 +101,12 @@ def subset_fingerprint(sub: SubsetParams) -> str:
 
 def kernel_identity(model: nn.Module, resolved: list[SubsetParams], batches1: list[dict], batches2,
                     implementation: NtkImplementation, targets, seed: int, kernel: str = KERNEL_TYPE,
-                    output: str = "labels") -> dict:
+                    output: str = "labels", outputs: OutputFunction | None = None) -> dict:
     """What a blocked kernel is computed from, as recorded in its store (`KernelStore.claim`)."""
     dtype = next(model.parameters()).dtype
     extra = {} if output == "labels" else {"output": output}  # stores of label-logit kernels read as before
+    if outputs is not None:
+        extra["outputs"] = outputs_name(outputs)
     return {**extra,
         "kernel": kernel,
         "subsets": [str(s.spec) for s in resolved],
@@ -114,9 +117,9 @@ def kernel_identity(model: nn.Module, resolved: list[SubsetParams], batches1: li
         "dtype": str(dtype).replace("torch.", ""),
         "model_hash": model_hash(model),
         "left_inputs": batches_hash(batches1),
-        "left_blocks": [b["input_ids"].shape[0] for b in batches1],
+        "left_blocks": [batch_size(b) for b in batches1],
         "right_inputs": None if batches2 is None else batches_hash(batches2),
-        "right_blocks": None if batches2 is None else [b["input_ids"].shape[0] for b in batches2],
+        "right_blocks": None if batches2 is None else [batch_size(b) for b in batches2],
     }
 
 
@@ -179,8 +182,9 @@ class KernelJob:
     def __init__(self, model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
                  subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
                  name: str = "kernel", targets="all", seed: int = 0, linear_method: str = "auto",
-                 kernel: str | KernelType = KERNEL_TYPE, output: str = "labels"):
-        self.model, self.left, self.linear_method = model, batches1, linear_method
+                 kernel: str | KernelType = KERNEL_TYPE, output: str = "labels",
+                 outputs: OutputFunction | None = None):
+        self.model, self.left, self.linear_method, self.outputs = model, batches1, linear_method, outputs
         self.implementation = NtkImplementation.parse(implementation)
         self.kernel = KernelType.parse(kernel)
         output_map(output, 2)  # an unknown output fails here
@@ -192,7 +196,7 @@ class KernelJob:
         self.store = MemoryStore() if store is None else store
         self.name = name
         self.store.claim(name, kernel_identity(model, self.resolved, batches1, batches2, self.implementation,
-                                               targets, seed, self.kernel.value, output))
+                                               targets, seed, self.kernel.value, output, outputs))
         self.cache = CaptureCache(DEFAULT_CACHE_BYTES)
         self.kernels = BlockKernels(model, self.names, self.resolved, self.implementation, self.kernel, output,
                                     linear_method)
@@ -208,10 +212,13 @@ class KernelJob:
         batch = (self.left if side == 0 or self.symmetric else self.right)[index]
         slot = "right" if side == 1 else "left"
         on_device = to_device(batch, self.model)
-        if self.implementation is NtkImplementation.FAST:  # a capture depends on the model and prompts only
-            return self.cache.record(id(batch), lambda: capture(self.model, on_device), slot)
-        return self.cache.record((id(self), id(batch)),
-                                 lambda: [reference_jacobian(sub, on_device) for sub in self.resolved], slot)
+        if self.implementation is NtkImplementation.FAST:  # a capture depends on the model, prompts and f only
+            return self.cache.record((id(batch), id(self.outputs)), lambda: self._capture(on_device), slot)
+        return self.cache.record((id(self), id(batch)), lambda: [reference_jacobian(sub, on_device, outputs=self.outputs)
+                                                                 for sub in self.resolved], slot)
+
+    def _capture(self, batch: dict):
+        return capture(self.model, batch) if self.outputs is None else capture(self.model, batch, outputs=self.outputs)
 
     def compute(self, block: Block) -> dict[str, torch.Tensor]:
         return self.kernels.compute(self._features(0, block.i), self._features(1, block.j))
@@ -245,7 +252,8 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
                   subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
                   name: str = "kernel", targets="all", seed: int = 0, progress: bool = True,
                   linear_method: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES,
-                  kernel: str | KernelType = KERNEL_TYPE, output: str = "labels") -> dict[str, torch.Tensor]:
+                  kernel: str | KernelType = KERNEL_TYPE, output: str = "labels",
+                  outputs: OutputFunction | None = None) -> dict[str, torch.Tensor]:
     """Kernels between every example of ``batches1`` and of ``batches2`` (or batches1).
 
     Inside an initialised torch.distributed process group the block pairs are
@@ -257,7 +265,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         model: the model.
         batches1, batches2: lists of prompt batches (blocks); None for the
             symmetric kernel of batches1.
-        subsets, implementation, targets, seed, linear_method, kernel, output: as `empirical_ntk`.
+        subsets, implementation, targets, seed, linear_method, kernel, output, outputs: as `empirical_ntk`.
         store: where finished block pairs are kept (and found on a rerun);
             the kernel's identity is recorded there under ``name``.
         name: this kernel's name in the store (``train``, ``eval`` ...).
@@ -272,7 +280,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         UserError: the store holds a kernel ``name`` of other inputs.
     """
     job = KernelJob(model, batches1, batches2, subsets, implementation, store=store, name=name, targets=targets,
-                    seed=seed, linear_method=linear_method, kernel=kernel, output=output)
+                    seed=seed, linear_method=linear_method, kernel=kernel, output=output, outputs=outputs)
     run_kernel_jobs([job], progress=progress, desc=f"eNTK {name} blocks", cache_bytes=cache_bytes)
     return job.result()
 
@@ -329,8 +337,8 @@ def _flip_key(key: str) -> str:
 
 
 def _assemble(results, name: str, left: list[dict], right: list[dict], symmetric: bool) -> torch.Tensor:
-    sizes1 = [b["input_ids"].shape[0] for b in left]
-    sizes2 = [b["input_ids"].shape[0] for b in right]
+    sizes1 = [batch_size(b) for b in left]
+    sizes2 = [batch_size(b) for b in right]
     rows = []
     for i in range(len(left)):
         row = []

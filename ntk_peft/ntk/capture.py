@@ -11,13 +11,16 @@ number of real tokens; padded views are rebuilt on demand.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ntk_peft.adapters import AdaptedLinear
 from ntk_peft.errors import UserError
 from ntk_peft.models import readout_hidden, split_lm_head
+from ntk_peft.ntk.outputs import batch_size, model_outputs
 
 
 @dataclass
@@ -133,16 +136,28 @@ def parameter_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None}
 
 
-def _on_tokens(tensor: torch.Tensor, batch_size: int, seq_len: int) -> bool:
-    """True when a module input is laid out ``[B, L, ...]`` along the prompt; False when per example."""
-    if tensor.dim() >= 2 and tensor.shape[0] == batch_size and tensor.shape[1] == seq_len:
-        return True
-    if tensor.shape[0] == batch_size:
-        return False
-    raise UserError(f"cannot map a module input of shape {tuple(tensor.shape)} to {batch_size} examples")
+def _acts_on_last_dim(module: nn.Module) -> bool:
+    """Modules applied to each position's feature vector alone (Linear layers, adapted ones, norms): their leading
+    dims are tokens."""
+    name = type(module).__name__
+    return (isinstance(module, (nn.Linear, nn.LayerNorm, AdaptedLinear)) or name.endswith("RMSNorm")
+            or name.endswith("LayerNorm"))
 
 
-def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None = None) -> Capture:
+def _token_dims(module: nn.Module, tensor: torch.Tensor, batch_size: int) -> int:
+    """How many dims after the example dim are positions: all of an embedding's ids, all but the features for
+    modules acting on the last dim (`_acts_on_last_dim`), none for any other module (whole per-example inputs)."""
+    if tensor.dim() == 0 or tensor.shape[0] != batch_size:
+        raise UserError(f"cannot map a module input of shape {tuple(tensor.shape)} to {batch_size} examples")
+    if isinstance(module, nn.Embedding):
+        return tensor.dim() - 1
+    if _acts_on_last_dim(module) and tensor.dim() >= 3:
+        return tensor.dim() - 2
+    return 0
+
+
+def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None = None,
+            outputs=None) -> Capture:
     """Run one forward and C backward passes, recording ``modules`` (default: all with parameters).
 
     Parameters are frozen during the passes, so no weight gradient is formed:
@@ -150,27 +165,42 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
     differentiable graph (embeddings), and a tensor hook on every recorded
     output packs its gradient as soon as it is produced, so the padded
     gradients are freed at once rather than held until the pass ends.
+
+    ``outputs``: an output function (`ntk_peft.ntk.outputs`) for any model; by default the label-word
+    logits of an LM prompt. Positions are the real (attention-mask) tokens of prompt batches, all positions
+    otherwise; modules other than embeddings, Linear layers and norms are recorded per example whole.
     """
-    split = split_lm_head(model)
-    if split is None:
-        raise UserError(f"the fast eNTK does not know the LM head of {type(model).__name__}; "
-                        f"use implementation='reference'")
+    split = None
+    if outputs is None:
+        split = split_lm_head(model)
+        if split is None:
+            raise UserError(f"the fast eNTK does not know the LM head of {type(model).__name__}; "
+                            f"use implementation='reference' or give an output function")
     modules = parameter_modules(model) if modules is None else modules
-    mask = batch["attention_mask"]
-    size, seq_len = mask.shape
-    token_rows = (mask > 0).flatten().nonzero().squeeze(1)  # real positions in the flattened [B·L] layout
-    example_rows = torch.arange(size, device=mask.device)
-    layout: dict[str, tuple[torch.Tensor, int]] = {}  # name -> (rows into the flattened output, L)
+    mask = batch.get("attention_mask")
+    size = batch_size(batch)
+    layout: dict[str, tuple[torch.Tensor, int, int]] = {}  # name -> (rows into the flattened input, L, token dims)
+    rows_by_shape: dict[tuple, torch.Tensor] = {}
     inputs_by_name: dict[str, torch.Tensor] = {}
-    outputs: dict[str, torch.Tensor] = {}
+    outputs_by_name: dict[str, torch.Tensor] = {}
     sources: list[torch.Tensor] = []
     packed_grads: dict[str, torch.Tensor] = {}
     current_class = [0]
 
+    def rows_for(tensor: torch.Tensor, dims: int) -> tuple[torch.Tensor, int]:
+        """Rows of the real positions in the flattened ``[B·L, ...]`` layout, and L."""
+        length = math.prod(tensor.shape[1 : 1 + dims])
+        masked = dims == 1 and mask is not None and tuple(tensor.shape[:2]) == tuple(mask.shape)
+        key = (length, masked)
+        if key not in rows_by_shape:  # one tensor per layout, so layers of one layout are summed together
+            rows_by_shape[key] = ((mask > 0).flatten().nonzero().squeeze(1) if masked
+                                  else torch.arange(size * length, device=tensor.device))
+        return rows_by_shape[key], length
+
     def pack_grad(name):
         def store(grad):
-            rows, length = layout[name]
-            flat = grad.flatten(0, 1) if length > 1 else grad  # [B·L, ...] or [B, ...]
+            rows, _, dims = layout[name]
+            flat = grad.flatten(0, dims) if dims else grad  # [B·L, ...] or [B, ...]
             if name not in packed_grads:
                 packed_grads[name] = flat.new_zeros(n_classes, rows.numel(), *flat.shape[1:])
             torch.index_select(flat, 0, rows, out=packed_grads[name][current_class[0]])
@@ -178,15 +208,20 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
 
     def hook(name):
         def record(module, args, output):
-            if name in outputs:
+            if name in outputs_by_name:
                 raise UserError(f"module {name} runs twice in one forward; the fast eNTK needs "
                                 f"implementation='reference' for this model")
+            if not isinstance(output, torch.Tensor) or not args or not isinstance(args[0], torch.Tensor):
+                raise UserError(f"module {name} ({type(module).__name__}) does not map one tensor to one tensor; "
+                                f"the fast eNTK needs implementation='reference' for this model")
             if not output.requires_grad:  # nothing differentiable upstream: a start of the graph
                 output.requires_grad_()
                 sources.append(output)
-            layout[name] = (token_rows, seq_len) if _on_tokens(args[0], size, seq_len) else (example_rows, 1)
+            dims = _token_dims(module, args[0], size)
+            rows, length = rows_for(args[0], dims)
+            layout[name] = (rows, length, dims)
             inputs_by_name[name] = args[0].detach()
-            outputs[name] = output
+            outputs_by_name[name] = output
             output.register_hook(pack_grad(name))
             return output
         return record
@@ -197,15 +232,21 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
         for p in frozen:
             p.requires_grad_(False)
         with torch.enable_grad():
-            hidden = readout_hidden(model, batch)
-            if not hidden.requires_grad:
-                raise UserError("no recorded module feeds the read-out; nothing to differentiate")
-            features = split.transform(hidden)
-            words = batch["label_token_ids"].to(hidden.device)
-            bias = None if split.bias is None else split.bias[words]
-            logits = torch.nn.functional.linear(features, split.weight[words], bias)
+            if split is not None:
+                hidden = readout_hidden(model, batch)
+                if not hidden.requires_grad:
+                    raise UserError("no recorded module feeds the read-out; nothing to differentiate")
+                features = split.transform(hidden)
+                words = batch["label_token_ids"].to(hidden.device)
+                bias = None if split.bias is None else split.bias[words]
+                logits = torch.nn.functional.linear(features, split.weight[words], bias)
+            else:
+                features = words = None
+                logits = model_outputs(model, batch, outputs)
+                if not logits.requires_grad:
+                    raise UserError("no recorded module feeds the outputs; nothing to differentiate")
             if not torch.isfinite(logits).all():
-                raise UserError("the model's label logits contain NaN or Inf; no kernel can be computed")
+                raise UserError("the model's outputs contain NaN or Inf; no kernel can be computed")
             n_classes = logits.shape[1]
             for c in range(n_classes):
                 current_class[0] = c
@@ -215,19 +256,20 @@ def capture(model: nn.Module, batch: dict, modules: dict[str, nn.Module] | None 
             h.remove()
         for p in frozen:
             p.requires_grad_(True)
+
     records = {}
     packed_by_tensor: dict[tuple, torch.Tensor] = {}
-    positions = {id(rows): (rows // length, rows % length) for rows, length in layout.values()}
-    for name, output in outputs.items():
-        rows, length = layout[name]
+    positions = {id(rows): (rows // length, rows % length) for rows, length, _ in layout.values()}
+    for name, output in outputs_by_name.items():
+        rows, length, dims = layout[name]
         raw = inputs_by_name[name]
-        key = (raw.data_ptr(), tuple(raw.shape), raw.dtype)
+        key = (raw.data_ptr(), tuple(raw.shape), raw.dtype, dims)
         if key not in packed_by_tensor:  # q, k and v read the same tensor: pack it once
-            flat = raw.flatten(0, 1) if length > 1 else raw  # [B·L, ...] or [B, ...]
+            flat = raw.flatten(0, dims) if dims else raw  # [B·L, ...] or [B, ...]
             packed_by_tensor[key] = flat.index_select(0, rows)
         grads = packed_grads.get(name)
         if grads is None:  # the output does not reach the read-out
-            grads = output.new_zeros(n_classes, rows.numel(), *output.shape[2 if length > 1 else 1:])
+            grads = output.new_zeros(n_classes, rows.numel(), *output.shape[1 + dims :])
         example, position = positions[id(rows)]  # shared, so layers with one layout are summed together
         records[name] = Record(modules[name], packed_by_tensor[key], grads, example, position, (size, length))
-    return Capture(records, features.detach(), logits.detach(), words)
+    return Capture(records, None if features is None else features.detach(), logits.detach(), words)

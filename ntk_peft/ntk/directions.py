@@ -36,15 +36,16 @@ from ntk_peft.errors import UserError
 from ntk_peft.ntk.capture import Capture
 from ntk_peft.ntk.kernel_types import Transform, apply_transform
 from ntk_peft.ntk.kinds import Directions, subset_kinds
+from ntk_peft.ntk.outputs import OutputFunction, batch_size
 from ntk_peft.ntk.reference import PromptFunction, reference_jacobian
 from ntk_peft.ntk.subsets import SubsetParams
 from ntk_peft.tasks.batch import slice_batch
 
 
-def _prompt_function(sub: SubsetParams):
+def _prompt_function(sub: SubsetParams, outputs: OutputFunction | None = None):
     """``(function, names)``: f as a module and the functional names of the subset's parameters."""
     shared = sub.handle.shared if sub.handle is not None else nn.ModuleDict()
-    function = PromptFunction(sub.model, shared)
+    function = PromptFunction(sub.model, shared, outputs)
     names = [n if n.startswith("shared.") else f"model.{n}" for n in sub.params]
     return function, names
 
@@ -55,7 +56,7 @@ DIRECTION_CHUNK = 4
 
 
 def subset_directions(sub: SubsetParams, batches: list[dict], weights: torch.Tensor,
-                      chunk: int = DIRECTION_CHUNK) -> Directions:
+                      chunk: int = DIRECTION_CHUNK, outputs: OutputFunction | None = None) -> Directions:
     """v_s = Σ_{i,c} W[i, c, s]·∂f_c(x_i)/∂θ_S over the prompts of ``batches``.
 
     Args:
@@ -63,13 +64,14 @@ def subset_directions(sub: SubsetParams, batches: list[dict], weights: torch.Ten
         batches: prompt blocks whose examples, in order, are the rows of ``weights``.
         weights: ``[n, C, S]``.
         chunk: prompts per backward pass (bounds the memory of the pass).
+        outputs: the output function (default: the label-word logits).
 
     Returns:
         parameter name -> ``[S, *shape]`` in the parameters' dtype (summed over blocks).
     """
-    function, names = _prompt_function(sub)
+    function, names = _prompt_function(sub, outputs)
     primals = {name: p.detach() for name, p in zip(names, sub.params.values())}
-    sizes = [b["input_ids"].shape[0] for b in batches]
+    sizes = [batch_size(b) for b in batches]
     if weights.dim() != 3 or weights.shape[0] != sum(sizes):
         raise UserError(f"direction weights must be [n, C, S] over the {sum(sizes)} prompts, got "
                         f"{tuple(weights.shape)}")
@@ -78,7 +80,7 @@ def subset_directions(sub: SubsetParams, batches: list[dict], weights: torch.Ten
               for start, batch, size in zip(itertools.accumulate([0, *sizes]), batches, sizes)
               for first in range(0, size, chunk)]
     for piece, offset in pieces:
-        block = weights[offset : offset + piece["input_ids"].shape[0]]
+        block = weights[offset : offset + batch_size(piece)]
         logits, pullback = vjp(lambda p, b=piece: functional_call(function, p, (b,)), primals)
         for s in range(weights.shape[2]):
             grads = pullback(block[..., s].to(logits.dtype))[0]
@@ -89,10 +91,10 @@ def subset_directions(sub: SubsetParams, batches: list[dict], weights: torch.Ten
 
 
 def reference_projection(sub: SubsetParams, batch: dict, directions: Directions, transform: Transform = None,
-                         head_map: torch.Tensor | None = None) -> torch.Tensor:
+                         head_map: torch.Tensor | None = None, outputs: OutputFunction | None = None) -> torch.Tensor:
     """``[n, O, S]`` float64: the reference Jacobian (outputs mixed by ``head_map``, transformed) times the
     flattened directions (the oracle)."""
-    jac = reference_jacobian(sub, batch).double()  # [n, C, P]
+    jac = reference_jacobian(sub, batch, outputs=outputs).double()  # [n, C, P]
     if head_map is not None:
         jac = torch.einsum("oc,ncp->nop", head_map.double(), jac)
     flat = torch.cat([directions[name].reshape(directions[name].shape[0], -1) for name in sub.params], dim=1)

@@ -10,12 +10,13 @@ from ntk_peft.ntk.blocked import kernel_blocks
 
 def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, subsets=("full", "row1"),
                   implementation="fast", *, targets="all", seed: int = 0,
-                  linear_method: str = "auto", kernel: str = "ntk", output: str = "labels") -> dict[str, torch.Tensor]:
-    """Empirical NTKs (or SignGD kernels) of the label-logit function over parameter subsets.
+                  linear_method: str = "auto", kernel: str = "ntk", output: str = "labels",
+                  outputs=None) -> dict[str, torch.Tensor]:
+    """Empirical NTKs (or SignGD kernels) of the label-logit function (or any output function) over subsets.
 
     Args:
-        model: a Hugging Face LM (not modified; adapter subsets use a copy).
-        batch1: prompt batch of n1 examples (`ntk_peft.tasks.make_batch`).
+        model: a Hugging Face LM or any module (not modified; adapter subsets use a copy).
+        batch1: prompt batch of n1 examples (`ntk_peft.tasks.make_batch`), or with ``outputs`` any dict.
         batch2: n2 examples, or None for the symmetric kernel of batch1.
         subsets: specs: ``full``, ``linear`` or any adapter spec (its
             trainable parameters at their initial values).
@@ -27,6 +28,10 @@ def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, su
         kernel: ``ntk``, ``signgd`` or ``asymmetric_signgd`` (see `KernelType`).
         output: ``labels`` (the C label logits) or ``difference`` (f₁ − f₀, two
             label words only; the output LM-Kernel-FT's sign kernels are of).
+        outputs: an output function ``outputs(model, batch) -> [B, C]`` for any
+            model (`ntk_peft.ntk.outputs`; e.g. `sequence_logits` for a
+            classification head); batches are then any dicts of tensors.
+            Default: the label-word logits of an LM prompt batch.
 
     Returns:
         subset name -> K ``[n1, n2, O, O]`` float64 (O = C, or 1 for the
@@ -38,7 +43,7 @@ def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, su
     """
     return kernel_blocks(model, [batch1], None if batch2 is None else [batch2], subsets, implementation,
                          targets=targets, seed=seed, progress=False, linear_method=linear_method, kernel=kernel,
-                         output=output)
+                         output=output, outputs=outputs)
 
 
 __all__ = ["empirical_ntk"]

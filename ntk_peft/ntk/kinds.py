@@ -421,8 +421,12 @@ def subset_kinds(model: nn.Module, sub: SubsetParams, cap: Capture) -> list[Para
 
 
 def _full_kinds(model: nn.Module, cap: Capture) -> list[ParamKind]:
-    """Every parameter of the model by kind; a tied output matrix is counted once, with its embedding."""
-    split = split_lm_head(model)
+    """Every parameter of the model by kind; a tied output matrix is counted once, with its embedding.
+
+    For a capture of an output function (``cap.words`` None) every parameter must belong to a recorded module;
+    the label-word read-out adds the output matrix's rows (and bias) of an LM head.
+    """
+    split = split_lm_head(model) if cap.words is not None else None
     names_by_id = {id(p): n for n, p in model.named_parameters()}
     kinds: list[ParamKind] = []
     covered: set[int] = set()
@@ -436,7 +440,7 @@ def _full_kinds(model: nn.Module, cap: Capture) -> list[ParamKind]:
                 kinds.append(LinearBias(layer, names_by_id[id(module.bias)], module))
                 covered.add(id(module.bias))
         elif isinstance(module, nn.Embedding):
-            tied = module.weight is split.weight
+            tied = split is not None and module.weight is split.weight
             head_tied |= tied
             kinds.append(EmbeddingRows(layer, names_by_id[id(module.weight)], module.weight, module.padding_idx,
                                        tied))
@@ -445,14 +449,15 @@ def _full_kinds(model: nn.Module, cap: Capture) -> list[ParamKind]:
             own = list(module.parameters(recurse=False))
             kinds.append(ModuleParams(layer, module, [names_by_id[id(p)] for p in own]))
             covered.update(id(p) for p in own)
-    if not head_tied:  # an untied output matrix: only the label words' rows move
-        kinds.append(EmbeddingRows(None, names_by_id[id(split.weight)], split.weight, None, True))
-    covered.add(id(split.weight))
-    if split.bias is not None:
-        kinds.append(HeadBias(names_by_id[id(split.bias)], split.bias))
-        covered.add(id(split.bias))
+    if split is not None:
+        if not head_tied:  # an untied output matrix: only the label words' rows move
+            kinds.append(EmbeddingRows(None, names_by_id[id(split.weight)], split.weight, None, True))
+        covered.add(id(split.weight))
+        if split.bias is not None:
+            kinds.append(HeadBias(names_by_id[id(split.bias)], split.bias))
+            covered.add(id(split.bias))
     missing = [n for n, p in model.named_parameters() if id(p) not in covered]
     if missing:
-        raise UserError(f"the fast eNTK cannot place parameters {missing[:4]} of {type(model).__name__}; "
-                        f"use implementation='reference'")
+        raise UserError(f"the fast eNTK cannot place parameters {missing[:4]} of {type(model).__name__} (their "
+                        f"modules did not run in the forward, or use them outside it); use implementation='reference'")
     return kinds

@@ -6,39 +6,42 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from ntk_peft.models import label_logits
+from ntk_peft.ntk.outputs import OutputFunction, batch_size, model_outputs
 from ntk_peft.ntk.subsets import SubsetParams
 from ntk_peft.tasks import slice_batch
 
 
 class PromptFunction(nn.Module):
-    """f(batch) = label_logits(model, batch) as a module, with shared adapter factors registered."""
+    """f(batch) (`model_outputs`: label-word logits or an output function) as a module, with shared adapter
+    factors registered."""
 
-    def __init__(self, model: nn.Module, shared: nn.Module):
+    def __init__(self, model: nn.Module, shared: nn.Module, outputs: OutputFunction | None = None):
         super().__init__()
-        self.model, self.shared = model, shared
+        self.model, self.shared, self.outputs = model, shared, outputs
 
     def forward(self, batch):
-        return label_logits(self.model, batch)
+        return model_outputs(self.model, batch, self.outputs)
 
 
-def reference_jacobian(subset: SubsetParams, batch: dict, chunk: int = 4) -> torch.Tensor:
+def reference_jacobian(subset: SubsetParams, batch: dict, chunk: int = 4,
+                       outputs: OutputFunction | None = None) -> torch.Tensor:
     """Per-example Jacobian of the label logits w.r.t. the subset: ``[B, C, P]`` in the model's dtype.
 
     Args:
         subset: from `subset_params`.
         batch: prompt batch of B examples.
         chunk: examples per ``jacrev`` call (memory ~ chunk·C·P).
+        outputs: the output function (default: the label-word logits).
     """
     shared = subset.handle.shared if subset.handle is not None else nn.ModuleDict()
-    function = PromptFunction(subset.model, shared)
+    function = PromptFunction(subset.model, shared, outputs)
     names = [n if n.startswith("shared.") else f"model.{n}" for n in subset.params]
     primals = tuple(p.detach() for p in subset.params.values())
 
     def logits(*tensors, part):
         return functional_call(function, dict(zip(names, tensors)), (part,))
 
-    rows = batch["input_ids"].shape[0]
+    rows = batch_size(batch)
     blocks = []
     for start in range(0, rows, chunk):
         part = slice_batch(batch, range(start, min(start + chunk, rows)))

@@ -70,10 +70,18 @@ def model_hash(model: torch.nn.Module) -> str:
     return value
 
 
+PROMPT_KEYS = ("input_ids", "attention_mask", "readout_positions", "label_token_ids")
+
+
 def batches_hash(batches) -> str:
-    """Content hash of prompt batches (token ids, masks, read-out positions, label words)."""
-    keys = ("input_ids", "attention_mask", "readout_positions", "label_token_ids")
-    return tensor_hash([batch[k] for batch in batches for k in keys])
+    """Content hash of batches: of prompt batches their token ids, masks, read-out positions and label words
+    (as always); of any other batch every tensor, by key (its key names included)."""
+    if all(all(k in batch for k in PROMPT_KEYS) for batch in batches):
+        return tensor_hash([batch[k] for batch in batches for k in PROMPT_KEYS])
+    keys = [sorted(k for k, v in batch.items() if isinstance(v, torch.Tensor)) for batch in batches]
+    digest = hashlib.sha256(repr(keys).encode())
+    digest.update(tensor_hash([batch[k] for batch, names in zip(batches, keys) for k in names]).encode())
+    return digest.hexdigest()
 
 
 def warn(message: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntk_peft import label_logits, load_model
+from ntk_peft import load_model
 from ntk_peft.adapters import parse_spec
 from ntk_peft.errors import UserError
 from ntk_peft.ntk import capture, empirical_ntk, kernel_blocks, subset_params
@@ -13,7 +13,8 @@ from ntk_peft.ntk.capture import Capture, Record
 from ntk_peft.ntk.directions import gradient_directions, project_directions, reference_projection
 from ntk_peft.ntk.kernel_types import KernelType, output_map
 from ntk_peft.ntk.kinds import HeadBias, KernelSum, LinearWeight, subset_kinds
-from ntk_peft.tasks import load_split, make_batch, slice_batch
+from ntk_peft.tasks import load_split, make_batch
+from tests.helpers import brute_force_kernel, per_example_gradients, relative_error
 
 SUBSETS = ["full", "linear", "row1", "col1", "lora2", "cp2", "ia3", "bias", "more2x2"]
 MODELS = ["tiny-llama", "tiny-roberta"]
@@ -30,35 +31,7 @@ def setups():
     return out
 
 
-def per_example_gradients(model, spec, batch, output="labels"):
-    """``[n, O, P]``: torch.autograd.grad of each label logit of each example alone, w.r.t. the subset, and
-    their combination for the difference output (autograd of f₁ − f₀ itself differs from it by ~1e-7 here:
-    CPU attention's backward is not linear to float64 precision)."""
-    sub = subset_params(model, parse_spec(spec))
-    params = list(sub.params.values())
-    rows = []
-    for i in range(batch["input_ids"].shape[0]):
-        outputs = label_logits(sub.model, slice_batch(batch, [i]))[0]
-        per_output = []
-        for o in range(outputs.shape[0]):
-            g = torch.autograd.grad(outputs[o], params, retain_graph=True, allow_unused=True)
-            per_output.append(torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if x is None
-                                         else x.reshape(-1) for p, x in zip(params, g)]))
-        rows.append(torch.stack(per_output))
-    jac = torch.stack(rows)
-    mixing = output_map(output, jac.shape[1])
-    return jac if mixing is None else torch.einsum("oc,ncp->nop", mixing, jac)
-
-
-def brute_force(jac1, jac2, kernel):
-    t1, t2 = KernelType(kernel).transforms
-    a = jac1 if t1 is None else t1(jac1)
-    b = jac2 if t2 is None else t2(jac2)
-    return torch.einsum("icp,jdp->ijcd", a, b)
-
-
-def _rel(a, b):
-    return float((a - b).abs().max() / b.abs().max())
+_rel = relative_error
 
 
 def noise_entries(jac):
@@ -79,19 +52,19 @@ def assert_sign_kernel_close(got, expected, jac1, jac2, kernel):
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("spec", SUBSETS)
 @pytest.mark.parametrize("output", ["labels", "difference"])
-def test_every_kernel_type_matches_brute_force(setups, name, spec, output):
+def test_every_kernel_type_matches_brute_force_kernel(setups, name, spec, output):
     model, batch1, batch2 = setups[name]
     jac1 = per_example_gradients(model, spec, batch1, output)
     jac2 = per_example_gradients(model, spec, batch2, output)
     for kernel in TYPES:
-        expected = brute_force(jac1, jac2, kernel)
+        expected = brute_force_kernel(jac1, jac2, kernel)
         assert expected.abs().max() > 0
         for implementation in ("fast", "reference"):
             got = empirical_ntk(model, batch1, batch2, [spec], implementation, kernel=kernel, output=output)
             assert got[spec].shape == expected.shape
             assert_sign_kernel_close(got[spec], expected, jac1, jac2, kernel)
             if kernel == "asymmetric_signgd":  # the flipped part: the kernel with batch2 first
-                swapped = brute_force(jac2, jac1, kernel)
+                swapped = brute_force_kernel(jac2, jac1, kernel)
                 assert_sign_kernel_close(got[spec + "~"].permute(1, 0, 3, 2), swapped, jac2, jac1, kernel)
     if name == "tiny-llama" and output == "labels":  # no biases: no exact zero in rounding noise, no slack
         assert int(noise_entries(jac1).max()) == 0

@@ -1,0 +1,44 @@
+"""Brute-force oracles shared by the tests (import as ``from tests.helpers import ...``)."""
+
+from __future__ import annotations
+
+import torch
+
+from ntk_peft.adapters import parse_spec
+from ntk_peft.ntk import subset_params
+from ntk_peft.ntk.kernel_types import KernelType, output_map
+from ntk_peft.ntk.outputs import batch_size, model_outputs
+from ntk_peft.tasks import slice_batch
+
+
+def per_example_gradients(model, spec, batch, output="labels", outputs=None, targets="all"):
+    """``[n, O, P]``: torch.autograd.grad of each output of each example alone w.r.t. the subset's parameters,
+    in their order (zeros for parameters an output does not reach); the difference output combines the label
+    logits' gradients (autograd of f₁ − f₀ itself can differ by ~1e-7: CPU attention's backward is not linear
+    to float64 precision)."""
+    sub = subset_params(model, parse_spec(spec), targets)
+    params = list(sub.params.values())
+    rows = []
+    for i in range(batch_size(batch)):
+        values = model_outputs(sub.model, slice_batch(batch, [i]), outputs)[0]
+        per_output = []
+        for o in range(values.shape[0]):
+            g = torch.autograd.grad(values[o], params, retain_graph=True, allow_unused=True)
+            per_output.append(torch.cat([torch.zeros(p.numel(), dtype=torch.float64) if x is None
+                                         else x.reshape(-1).double() for p, x in zip(params, g)]))
+        rows.append(torch.stack(per_output))
+    jac = torch.stack(rows)
+    mixing = output_map(output, jac.shape[1])
+    return jac if mixing is None else torch.einsum("oc,ncp->nop", mixing, jac)
+
+
+def brute_force_kernel(jac1, jac2, kernel="ntk"):
+    """⟨T₁(J1[i, c]), T₂(J2[j, d])⟩ ``[n1, n2, O, O]`` with the kernel type's transforms."""
+    t1, t2 = KernelType(kernel).transforms
+    a = jac1 if t1 is None else t1(jac1)
+    b = jac2 if t2 is None else t2(jac2)
+    return torch.einsum("icp,jdp->ijcd", a, b)
+
+
+def relative_error(a, b):
+    return float((a - b).abs().max() / b.abs().max())
