@@ -38,7 +38,7 @@ def fine_tuning_accuracy(train_runs: list[dict]) -> dict[str, dict[int, float]]:
 def kernel_types_table(results: dict, train_runs: list[dict]) -> str:
     """The Markdown tables (see the module docstring)."""
     types = list(results["kernel_types"])
-    subsets = results["kernel_subsets"]
+    subsets = results.get("kernel_subsets") or [n for n in results["subsets"] if ":" not in n]  # older files
     per_seed = {r["seed"]: r["accuracy"] for r in results["per_seed"]}
     tuned = fine_tuning_accuracy(train_runs)
     lines = [f"{results['task']}, {results['model']}, k = {results['k']}, seeds {results['seeds']}; kernel models "
