@@ -73,3 +73,27 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 def parse_label_words(text: str | None) -> list[str] | None:
     """Split ``--label-words`` on commas, keeping spaces as written."""
     return None if text is None else text.split(",")
+
+
+def add_custom_task_options(parser: argparse.ArgumentParser) -> None:
+    """--text-columns, --label-column (for ``--task`` naming a file or folder of your own)."""
+    parser.add_argument("--text-columns", default="text",
+                        help="with --task FILE.csv|.tsv|.jsonl or a folder: the text column(s), comma-separated "
+                             "(default text)")
+    parser.add_argument("--label-column", default="label", help="with --task FILE: the label column (default label)")
+
+
+def resolve_task(args: argparse.Namespace) -> str:
+    """The task name to use: a registered task as given, or a file/folder of your own read and registered
+    (with --text-columns, --label-column, --label-words and --template)."""
+    from ntk_peft.tasks import custom_task, get_task, is_custom_path
+
+    try:
+        return get_task(args.task).name
+    except UserError:
+        if not is_custom_path(args.task):
+            raise
+    spec = custom_task(args.task, text_columns=args.text_columns, label_column=args.label_column,
+                       label_words=parse_label_words(getattr(args, "label_words", None)),
+                       template=getattr(args, "template", None))
+    return spec.name

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntk_peft.cli.common import Parser, positive_int, run_cli
+from ntk_peft.cli.common import Parser, add_custom_task_options, positive_int, run_cli
 
 
 def seed_list(text: str) -> list[int]:
@@ -47,7 +47,15 @@ def positive_float(text: str) -> float:
 
 def build_parser() -> Parser:
     parser = Parser(prog="ntk-compare", description="Does a parameter subset's eNTK classify like the full one?")
-    parser.add_argument("--task", required=True, help="task name, e.g. sst2, mr, cr, subj, sst5, trec, mnli")
+    parser.add_argument("--task", required=True,
+                        help="task name, e.g. sst2, sst5, trec, mnli, or a .csv/.tsv/.jsonl file or a folder of them "
+                             "(train.*, dev.*, test.*): a task of your own, with --text-columns, --label-column, "
+                             "--label-words and --template")
+    add_custom_task_options(parser)
+    parser.add_argument("--template", default=None,
+                        help="prompt template with {text_a} [{text_b}] and {mask} (default: the task's)")
+    parser.add_argument("--label-words", default=None,
+                        help="comma-separated label words in class order, spaces kept, e.g. ' terrible, great'")
     parser.add_argument("--subset", action="append", required=True,
                         help="kernel subset (repeatable): any adapter spec, e.g. row1 (= row1:first), col1, lora1")
     parser.add_argument("--k", type=positive_int, default=16, help="examples per class (default 16)")
@@ -100,10 +108,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from ntk_peft.cli.common import parse_label_words, resolve_task
     from ntk_peft.experiments import default_out, format_table, run_compare
     from ntk_peft.ntk import distributed
+    from ntk_peft.tasks import get_task
 
-    results = run_compare(args.task, args.subset, k=args.k, seeds=args.seeds, model_name=args.model,
+    task = resolve_task(args)
+    prompt = {}
+    if get_task(task).source is None:  # a built-in task with another prompt (a task of your own has it built in)
+        prompt = {k: v for k, v in (("template", args.template), ("label_words", parse_label_words(args.label_words)))
+                  if v is not None}
+    results = run_compare(task, args.subset, prompt=prompt or None, k=args.k, seeds=args.seeds, model_name=args.model,
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
                           implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint,

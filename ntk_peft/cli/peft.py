@@ -29,12 +29,15 @@ import numpy as np
 
 from ntk_peft.cli.common import (
     Parser,
+    add_custom_task_options,
     add_model_options,
     add_prompt_options,
     parse_label_words,
     positive_int,
+    resolve_task,
     run_cli,
 )
+from ntk_peft.errors import UserError
 
 
 def build_parser() -> Parser:
@@ -42,7 +45,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     zs = sub.add_parser("zeroshot", help="zero-shot accuracy of the label-word prompt")
-    zs.add_argument("--task", required=True, help="task name, e.g. sst2, mnli (see --help of tasks)")
+    zs.add_argument("--task", required=True,
+                    help="task name, e.g. sst2, mnli, or a .csv/.tsv/.jsonl file or folder of your own")
+    add_custom_task_options(zs)
     add_model_options(zs)
     add_prompt_options(zs)
     zs.add_argument("--split", choices=("eval", "dev", "train"), default="eval",
@@ -62,7 +67,12 @@ def build_parser() -> Parser:
     count.add_argument("--targets", default=None, help="all, attn, mlp, types, names or patterns (default per adapter)")
 
     tr = sub.add_parser("train", help="fine-tune with an adapter, tracking the rank of ΔW")
-    tr.add_argument("--task", required=True, help="task name, e.g. sst2")
+    tr.add_argument("--task", required=True,
+                    help="task name, e.g. sst2, or a .csv/.tsv/.jsonl file or folder of your own")
+    add_custom_task_options(tr)
+    tr.add_argument("--template", default=None, help="with a task of your own: its prompt template")
+    tr.add_argument("--label-words", default=None,
+                    help="with a task of your own: comma-separated label words in label order, e.g. ' no, yes'")
     tr.add_argument("--adapter", required=True, help="adapter spec, e.g. lora8, row1, lormapi8, more4x8, full")
     tr.add_argument("--model", default="smollm2-135m", help="model name (default: smollm2-135m)")
     tr.add_argument("--k", type=positive_int, default=16, help="examples per class (default 16)")
@@ -211,7 +221,7 @@ def _zeroshot(args) -> int:
     from ntk_peft.solvers import accuracy, predict_logits
     from ntk_peft.tasks import load_split, make_batch
 
-    split = load_split(args.task, k=args.k, seed=args.seed, data_dir=args.data_dir)
+    split = load_split(resolve_task(args), k=args.k, seed=args.seed, data_dir=args.data_dir)
     examples = getattr(split, args.split)
     if args.max_examples is not None and args.max_examples < len(examples):
         keep = np.sort(np.random.default_rng(0).permutation(len(examples))[: args.max_examples])
@@ -259,10 +269,13 @@ def _params(args) -> int:
 
 def _train(args) -> int:
     from ntk_peft.adapters import parse_spec
-    from ntk_peft.tasks import get_task
+    from ntk_peft.tasks import get_task, is_custom_path
     from ntk_peft.train import TrainConfig, train
 
-    task = get_task(args.task)
+    if (args.template or args.label_words) and not is_custom_path(args.task):
+        raise UserError("--template and --label-words define a task of your own (--task FILE); training a built-in "
+                        "task uses its own prompt")
+    task = get_task(resolve_task(args))
     spec = parse_spec(args.adapter)
     out = args.out or f"runs/train/{task.name}-{spec}-k{args.k}-s{args.seed}".replace(":", "_")
     config = TrainConfig(task=task.name, adapter=str(spec), out=out, k=args.k, seed=args.seed, model=args.model,

@@ -1,8 +1,9 @@
-"""Few-shot tasks: the 15 LM-BFF tasks, data loading, k-shot splits, prompts."""
+"""Few-shot tasks: the 15 LM-BFF tasks and your own (`custom_task`), data loading, k-shot splits, prompts."""
 
 from ntk_peft.tasks.batch import iter_batches, make_batch, prompt_mode, slice_batch
+from ntk_peft.tasks.custom import custom_task, is_custom_path
 from ntk_peft.tasks.data import Example, Split, load_split, resolve_data_dir, sample_kshot
-from ntk_peft.tasks.registry import TASKS, TaskSpec, get_task, task_names
+from ntk_peft.tasks.registry import TASKS, TaskSpec, get_task, register_task, task_names
 from ntk_peft.tasks.templates import CAUSAL, MASKED, Prompt, parse_template, resolve_prompt
 
 __all__ = [
@@ -13,12 +14,15 @@ __all__ = [
     "Prompt",
     "Split",
     "TaskSpec",
+    "custom_task",
     "get_task",
+    "is_custom_path",
     "iter_batches",
     "load_split",
     "make_batch",
     "parse_template",
     "prompt_mode",
+    "register_task",
     "resolve_data_dir",
     "resolve_prompt",
     "sample_kshot",

@@ -240,7 +240,8 @@ def load_split(task: str | TaskSpec, k: int = 16, seed: int = 42, data_dir=None)
     k = 16 reads the shipped LM-BFF splits (seeds 13, 21, 42, 87, 100); other k
     are sampled from ``pools/<TASK>/train.json`` with LM-BFF's procedure. The
     evaluation set is the k-shot ``test`` file, or ``pools/<TASK>/dev.json`` for
-    MNLI, SNLI and QQP, which ship no test file.
+    MNLI, SNLI and QQP, which ship no test file. A task of your own
+    (`ntk_peft.tasks.custom_task`) is sampled from its own files.
 
     Args:
         task: name or alias (``sst2``, ``SST-2``, ``mnli`` ...).
@@ -256,6 +257,10 @@ def load_split(task: str | TaskSpec, k: int = 16, seed: int = 42, data_dir=None)
         raise UserError(f"k must be a positive integer, got {k!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise UserError(f"seed must be an integer, got {seed!r}")
+    if spec.source is not None:  # a task of your own: read from its files each time
+        from ntk_peft.tasks.custom import custom_split
+
+        return custom_split(spec, int(k), int(seed))
     root = resolve_data_dir(data_dir)
     cached = _cached_split(spec.name, int(k), int(seed), str(root))
     # Fresh lists, so a caller that edits them cannot change the cache.

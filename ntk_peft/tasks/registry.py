@@ -41,6 +41,7 @@ class TaskSpec:
         label_is_last_column: MNLI/SNLI rows carry one to five annotator labels
             before gold_label, so rows may be wider than the header; the gold
             label is then the last column (as LM-BFF reads it).
+        source: a user's task (`ntk_peft.tasks.custom`): where its files are; None for LM-BFF's.
     """
 
     name: str
@@ -58,6 +59,7 @@ class TaskSpec:
     regression_threshold: float | None = None
     label_is_last_column: bool = False
     notes: str = field(default="", compare=False)
+    source: object = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -197,6 +199,23 @@ TASKS: tuple[TaskSpec, ...] = (
 )
 
 _BY_NAME = {alias: spec for spec in TASKS for alias in (spec.name.lower(), *spec.aliases)}
+_BUILT_IN = dict(_BY_NAME)
+
+
+def register_task(spec: TaskSpec, *, replace: bool = True) -> TaskSpec:
+    """Make a task known by its name and aliases (e.g. a user's task from `ntk_peft.tasks.custom_task`).
+
+    A built-in LM-BFF task cannot be replaced; a registered user's task is replaced unless ``replace`` is False.
+    """
+    names = (spec.name.lower(), *spec.aliases)
+    for alias in names:
+        if alias in _BUILT_IN:
+            raise UserError(f"task name {alias!r} is a built-in LM-BFF task; give your task another name")
+        if not replace and alias in _BY_NAME:
+            raise UserError(f"a task named {alias!r} is registered already")
+    for alias in names:
+        _BY_NAME[alias] = spec
+    return spec
 
 
 def task_names() -> list[str]:
@@ -211,5 +230,6 @@ def get_task(name: str | TaskSpec) -> TaskSpec:
     spec = _BY_NAME.get(str(name).strip().lower())
     if spec is None:
         valid = ", ".join(f"{s.name} ({s.aliases[0]})" for s in TASKS)
-        raise UserError(f"unknown task {name!r}; valid tasks: {valid}")
+        raise UserError(f"unknown task {name!r}; valid tasks: {valid}, or a .csv/.tsv/.jsonl file or a folder of "
+                        f"them (a task of your own)")
     return spec
