@@ -1,10 +1,11 @@
 """End-to-end studies built from the other subpackages (tasks → models → ntk → solvers → analysis)."""
 
+from ntk_peft.experiments.any_model import compare_subsets
 from ntk_peft.experiments.compare import default_out, fit_seed, format_table, run_compare, score_with_kernels
 from ntk_peft.experiments.projections import score_with_projections
 from ntk_peft.experiments.rocoft_tables import rocoft_table
 
 __all__ = [
-    "default_out", "fit_seed", "format_table", "rocoft_table", "run_compare", "score_with_kernels",
+    "compare_subsets", "default_out", "fit_seed", "format_table", "rocoft_table", "run_compare", "score_with_kernels",
     "score_with_projections",
 ]
