@@ -10,8 +10,9 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_the_three_notebooks():
-    assert [p.stem for p in NOTEBOOKS] == ["01_kernels", "02_adapters_and_delta_w", "03_monarch_vs_lowrank"]
+def test_there_are_the_four_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == ["01_kernels", "02_adapters_and_delta_w", "03_monarch_vs_lowrank",
+                                          "04_your_own_model"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
