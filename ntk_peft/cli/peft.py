@@ -195,9 +195,10 @@ def _linear_model(args) -> int:
     d = args.linear_model
     if d < 8 or d % 4:
         raise UserError("--linear-model D needs D >= 8 and divisible by 4 (Monarch N = 2, 4)")
-    classes = (("monarch", (4, 4)), ("monarch", (4, 8)), ("monarch", (2, 2)), ("monarch", (2, 4)),
-               ("lowrank", (2,)), ("lowrank", (4,)), ("lowrank", (8,)), ("rows", (4,)), ("cols", (4,)))
-    classes = tuple(c for c in classes if c[0] != "monarch" or c[1][1] <= d // c[1][0])
+    from ntk_peft.adapters import parse_spec
+
+    classes = ("more4x4", "more4x8", "more2x2", "more2x4", "lora2", "lora4", "lora8", "row4", "col4")
+    classes = tuple(c for c in classes if parse_spec(c).kind != "more" or parse_spec(c).rank <= d // parse_spec(c).blocks)
     rows = linear_model_experiment(d, args.depth, classes, seed=args.seed)
     out = Path(args.out or Path("runs") / "bounds" / f"linear-model-d{d}-L{args.depth}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,9 @@ import math
 
 import torch
 
+from ntk_peft.adapters import parse_spec
 from ntk_peft.analysis import cols_project, lowrank_project, monarch_params, monarch_project, rows_project
+from ntk_peft.errors import UserError
 from ntk_peft.kernels import monarch_matmul_reference
 
 
@@ -75,12 +77,26 @@ def _project(kind: str, config: tuple, e_tilde: torch.Tensor) -> tuple[torch.Ten
     return result.matrix, result.error
 
 
-def linear_model_experiment(d: int = 32, depth: int = 3, classes=(("monarch", (4, 4)), ("monarch", (4, 8)),
-                                                                    ("monarch", (2, 2)), ("lowrank", (4,)),
-                                                                    ("lowrank", (8,)), ("rows", (4,))),
-                            seed: int = 0, iterations: int = 4) -> list[dict]:
-    """One row per class: ``{"class", "config", "params", "projection_error", "descent_error",
-    "bound_frobenius", "bound_spectral"}`` (all squared Frobenius errors ‖W̄ − Ŵ‖_F²)."""
+# The adapter families the experiment knows, by spec kind: (its class name here, the spec's numbers).
+CLASS_OF_KIND = {"more": "monarch", "lora": "lowrank", "row": "rows", "col": "cols"}
+DEFAULT_CLASSES = ("more4x4", "more4x8", "more2x2", "lora4", "lora8", "row4")
+
+
+def adapter_class(text) -> tuple[str, tuple, str]:
+    """``(class, numbers, spec)`` of an adapter spec the experiment knows: ``more{N}x{r}``, ``lora{r}``,
+    ``row{r}``, ``col{r}`` (the spec grammar of everything else)."""
+    spec = parse_spec(text)
+    if spec.kind not in CLASS_OF_KIND:
+        raise UserError(f"the linear-model experiment compares {', '.join(CLASS_OF_KIND)} adapters; got {spec}")
+    numbers = (spec.blocks, spec.rank) if spec.kind == "more" else (spec.rank,)
+    return CLASS_OF_KIND[spec.kind], numbers, str(spec)
+
+
+def linear_model_experiment(d: int = 32, depth: int = 3, classes=DEFAULT_CLASSES, seed: int = 0,
+                            iterations: int = 4) -> list[dict]:
+    """One row per adapter spec in ``classes``: ``{"class", "config" (the spec), "params", "projection_error",
+    "descent_error", "bound_frobenius", "bound_spectral"}`` (all squared Frobenius errors ‖W̄ − Ŵ‖_F²)."""
+    classes = [adapter_class(c) for c in classes]
     layers, target = random_linear_model(d, depth, seed)
     prefix, last = _product(layers[:-1], d), layers[-1]
     e_tilde = torch.linalg.solve(prefix, target - prefix @ last)
@@ -88,7 +104,7 @@ def linear_model_experiment(d: int = 32, depth: int = 3, classes=(("monarch", (4
     prefix_22 = float(torch.linalg.matrix_norm(prefix, 2) ** 2)
     g = torch.Generator().manual_seed(seed + 1)
     rows = []
-    for kind, config in classes:
+    for kind, config, spec in classes:
         delta, residual = _project(kind, config, e_tilde)
         achieved = float((target - prefix @ (last + delta)).norm() ** 2)
         params, to_delta, count = _parametrisation(kind, config, d, e_tilde, g)
@@ -105,7 +121,7 @@ def linear_model_experiment(d: int = 32, depth: int = 3, classes=(("monarch", (4
         for _ in range(iterations):
             optimizer.step(closure)
         descent = float(closure().detach())
-        rows.append({"class": kind, "config": "x".join(map(str, config)), "params": count,
+        rows.append({"class": kind, "config": spec, "params": count,
                      "projection_error": achieved, "descent_error": descent,
                      "bound_frobenius": prefix_f2 * residual ** 2, "bound_spectral": prefix_22 * residual ** 2,
                      "initial_error": float((target - prefix @ last).norm() ** 2)})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ntk_peft.analysis import monarch_project
+from ntk_peft.errors import UserError
 from ntk_peft.experiments.linear_model import linear_model_experiment, monarch_dense, random_linear_model
 
 
@@ -23,7 +24,7 @@ def test_monarch_dense_matches_the_adapter():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_theorem_right_hand_sides_bound_the_achieved_error(seed):
-    classes = (("monarch", (4, 4)), ("monarch", (2, 4)), ("lowrank", (4,)), ("rows", (2,)))  # A.3, A.4 (N | r)
+    classes = ("more4x4", "more2x4", "lora4", "row2")  # A.3, A.4 (N | r)
     rows = linear_model_experiment(d=16, depth=3, classes=classes, seed=seed, iterations=2)
     for row in rows:
         assert row["projection_error"] <= row["bound_spectral"] * (1 + 1e-10)
@@ -32,14 +33,22 @@ def test_theorem_right_hand_sides_bound_the_achieved_error(seed):
         assert row["descent_error"] <= row["projection_error"] * (1 + 1e-6)
         assert row["descent_error"] < row["initial_error"]
     monarch = {r["config"]: r for r in rows if r["class"] == "monarch"}
-    assert set(monarch) == {"4x4", "2x4"}
+    assert set(monarch) == {"more4x4", "more2x4"}
+    assert [r["class"] for r in rows] == ["monarch", "monarch", "lowrank", "rows"]
 
 
 def test_the_bound_is_the_projection_error_scaled():
     layers, target = random_linear_model(8, 2, seed=3)
     prefix = layers[0]
     e_tilde = torch.linalg.solve(prefix, target - prefix @ layers[1])
-    row = linear_model_experiment(d=8, depth=2, classes=(("monarch", (2, 2)),), seed=3)[0]
+    row = linear_model_experiment(d=8, depth=2, classes=("more2x2",), seed=3)[0]
     expect = float(prefix.norm() ** 2) * monarch_project(e_tilde, 2, 2).error ** 2
     assert row["bound_frobenius"] == pytest.approx(expect, rel=1e-12)
     assert math.isfinite(row["descent_error"])
+
+
+def test_adapter_specs_outside_the_experiment_are_one_line():
+    with pytest.raises(UserError, match="compares more, lora, row, col adapters; got ia3"):
+        linear_model_experiment(d=8, depth=2, classes=("ia3",))
+    with pytest.raises(UserError, match="bad adapter spec 'monarch4'"):
+        linear_model_experiment(d=8, depth=2, classes=("monarch4",))
