@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ntk_peft.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -69,3 +71,43 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 def torch_save(path: str | os.PathLike, value) -> Path:
     """``torch.save`` atomically."""
     return atomic_write(path, lambda tmp: torch.save(value, tmp))
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if parent.exists():
+            return parent
+    return Path(".")
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a folder this process can write results into (created later, by the writer), or a
+    one-line `UserError`: it is a file, or it (or the folder it would be created in) is not writable.
+    Call it before any long work, so a bad ``--out`` fails at once and nothing is written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder")
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        raise UserError(f"{what} {path} cannot be created: {base} is a file")
+    try:  # a real write (permission bits alone say nothing for root, or on a read-only mount)
+        with tempfile.NamedTemporaryFile(dir=base, prefix=".ntk_peft_write_check."):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {path} is not writable: {err.strerror} in {base}") from None
+    return path
+
+
+def check_output_file(path: str | os.PathLike, what: str = "--json") -> Path:
+    """``path`` as a file this process can write (its folder exists or can be created), else one line."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    check_output_dir(path.parent, what)
+    if path.exists():
+        try:
+            with open(path, "a"):
+                pass
+        except OSError as err:
+            raise UserError(f"{what} {path} is not writable: {err.strerror}") from None
+    return path

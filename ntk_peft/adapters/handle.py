@@ -100,12 +100,13 @@ class AdapterHandle:
         return sum(layer.num_params() for layer in self.layers.values()) + shared
 
     def delta_weights(self) -> dict[str, torch.Tensor]:
-        """Layer name -> exact ΔW ``[out, in]`` (for ``full``: current minus initial weights)."""
+        """Layer name -> exact ΔW ``[out, in]`` (for ``full``: current minus initial weights), detached from
+        autograd (a measurement, not part of a training graph: use ``layer.delta_weight()`` for that)."""
         if self.spec.kind == "full":
             return {name[: -len(".weight")]: p.detach() - self._full_initial[name]
                     for name, p in self.model.named_parameters()
                     if name.endswith(".weight") and p.dim() == 2 and name[: -len(".weight")] in self.targets}
-        return {name: layer.delta_weight() for name, layer in self.layers.items()}
+        return {name: layer.delta_weight().detach() for name, layer in self.layers.items()}
 
     def merge(self) -> None:
         for layer in self.layers.values():

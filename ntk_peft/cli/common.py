@@ -16,23 +16,25 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line on stderr and exit status 2."""
 
     def error(self, message: str):  # noqa: D102 (argparse API)
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+        # the program's name alone (``ntk-peft``, not ``ntk-peft train``), as `run_cli` prints it
+        self.exit(EXIT_USER_ERROR, f"{self.prog.split()[0]}: error: {message}\n")
 
 
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run ``main``; a `UserError` becomes one line on stderr and status 2."""
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
+            prog: str | None = None) -> int:
+    """Run ``main``; a `UserError` becomes one line ``<prog>: error: ...`` on stderr and status 2."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     try:
         return int(main(argv) or 0)
     except UserError as err:
-        prog = os.path.basename(sys.argv[0]) or "ntk-peft"
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog or os.path.basename(sys.argv[0]) or 'ntk-peft'}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SystemExit as stop:  # argparse's own exits (--help, usage errors)
         return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # on a line of its own, below any progress bar
+        print("\ninterrupted; finished blocks, checkpoints and results are kept: run the same command again to "
+              "resume", file=sys.stderr)
         return 130
 
 

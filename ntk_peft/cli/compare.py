@@ -136,12 +136,14 @@ def _compare(args: argparse.Namespace) -> int:
         kernel_heatmaps(kernels, labels, out / "figures" / "kernel_heatmaps.png", title)
         kernel_spectra(kernels, out / "figures" / "kernel_spectra.png", title)
     print(format_table(results))
+    if args.figures:
+        print(f"figures: {out / 'figures'} (kernel heatmaps and spectra of seed {results['seeds'][0]})")
     print(f"results: {out / 'results.json'}  total {results['timing_s']['total']:.0f} s")
     return 0
 
 
 def entry() -> None:
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, prog="ntk-compare"))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from ntk_peft.cli.common import (
     run_cli,
 )
 from ntk_peft.errors import UserError
+from ntk_peft.io import check_output_dir, check_output_file
 
 
 def build_parser() -> Parser:
@@ -163,19 +164,27 @@ def _bounds(args) -> int:
     if args.random:
         try:
             shape = tuple(int(v) for v in args.random.lower().split("x"))
-            assert len(shape) == 2 and min(shape) > 0
-        except (ValueError, AssertionError):
-            raise UserError(f"--random expects a shape MxN, got {args.random!r}") from None
-        matrices, source = random_matrices(shape, args.spectrum, args.count), f"random-{args.random}-{args.spectrum}"
+        except ValueError:
+            shape = ()
+        if len(shape) != 2:
+            raise UserError(f"--random expects a shape MxN, got {args.random!r}")
+        if min(shape) < 1:
+            raise UserError(f"--random needs positive sizes M and N, got {args.random!r}")
+        source = f"random-{args.random}-{args.spectrum}"
     elif args.run:
-        matrices, source = {}, "runs-" + "-".join(Path(r).name for r in args.run)
+        source = "runs-" + "-".join(Path(r).name for r in args.run)
+    else:
+        source = f"{Path(args.model).name}-layers{'-'.join(map(str, args.layers))}"
+    out = check_output_dir(args.out or Path("runs") / "bounds" / source.replace(":", "_"))  # before any work
+    if args.random:
+        matrices = random_matrices(shape, args.spectrum, args.count)
+    elif args.run:
+        matrices = {}
         for run in args.run:
             matrices.update(run_matrices(run, args.layers))
     else:
         types = [t.strip() for t in args.types.split(",") if t.strip()]
         matrices = model_matrices(args.model, args.layers, types)
-        source = f"{Path(args.model).name}-layers{'-'.join(map(str, args.layers))}"
-    out = Path(args.out or Path("runs") / "bounds" / source.replace(":", "_"))
     rows = bounds_study(matrices, args.budget_ranks, cp=args.cp, out=out)
     table = summary_table(rows)
     (out / "table.md").write_text(table + "\n")
@@ -199,8 +208,8 @@ def _linear_model(args) -> int:
 
     classes = ("more4x4", "more4x8", "more2x2", "more2x4", "lora2", "lora4", "lora8", "row4", "col4")
     classes = tuple(c for c in classes if parse_spec(c).kind != "more" or parse_spec(c).rank <= d // parse_spec(c).blocks)
+    out = check_output_dir(args.out or Path("runs") / "bounds" / f"linear-model-d{d}-L{args.depth}-s{args.seed}")
     rows = linear_model_experiment(d, args.depth, classes, seed=args.seed)
-    out = Path(args.out or Path("runs") / "bounds" / f"linear-model-d{d}-L{args.depth}-s{args.seed}")
     out.mkdir(parents=True, exist_ok=True)
     with (out / "linear_model.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -222,6 +231,8 @@ def _zeroshot(args) -> int:
     from ntk_peft.solvers import accuracy, predict_logits
     from ntk_peft.tasks import load_split, make_batch
 
+    if args.json_out:
+        check_output_file(args.json_out)  # before the work, so a bad path does not waste it
     split = load_split(resolve_task(args), k=args.k, seed=args.seed, data_dir=args.data_dir)
     examples = getattr(split, args.split)
     if args.max_examples is not None and args.max_examples < len(examples):
@@ -232,7 +243,8 @@ def _zeroshot(args) -> int:
                   max_length=args.max_length)
     make_batch(tokenizer, split.task, examples[:1], **prompt)  # bad template or label words fail here, early
     start = time.perf_counter()
-    logits = predict_logits(model, tokenizer, split.task, examples, args.batch_size, **prompt)
+    logits = predict_logits(model, tokenizer, split.task, examples, args.batch_size,
+                            desc=f"zero-shot {split.task.name} {args.split}", **prompt)
     acc = accuracy(logits, examples)
     counts = np.bincount([e.label for e in examples], minlength=split.task.num_classes)
     majority = float(counts.max() / len(examples))
@@ -324,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(run_cli(main))
+    sys.exit(run_cli(main, prog="ntk-peft"))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ntk_peft.analysis import effective_rank, kernel_distance, relative_differen
 from ntk_peft.errors import UserError
 from ntk_peft.experiments.checkpoint import resolve_checkpoint
 from ntk_peft.experiments.projections import score_with_projections
-from ntk_peft.io import save_tensors, write_json
+from ntk_peft.io import check_output_dir, save_tensors, write_json
 from ntk_peft.ntk import (
     CrossJob,
     KernelJob,
@@ -162,10 +162,12 @@ def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, sh
     missing = [part for part in ("train", "dev") if part not in stored]
     for part in missing:
         examples = plan.train if part == "train" else plan.dev
-        stored[part] = predict_logits(model, tokenizer, spec, examples, plan.block_size, progress=progress, **prompt)
+        stored[part] = predict_logits(model, tokenizer, spec, examples, plan.block_size, progress=progress,
+                                      desc=f"f0 {part} (seed {plan.seed})", **prompt)
     if eval_key not in stored:
         if eval_key not in shared_f0:  # the same for every seed
             shared_f0[eval_key] = predict_logits(model, tokenizer, spec, plan.evaluation, plan.block_size,
+                                                 desc="f0 eval",
                                                  progress=progress, **prompt)
         stored[eval_key] = shared_f0[eval_key]
         missing.append("eval")
@@ -319,7 +321,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     checkpoint = resolve_checkpoint(adapter_checkpoint, model_name) if adapter_checkpoint is not None else None
     if seeds is None:
         seeds = [checkpoint.seed] if checkpoint is not None and checkpoint.seed is not None else list(DEFAULT_SEEDS)
-    out = Path(out or default_out(spec.name, model_name, k, adapter_checkpoint))
+    out = check_output_dir(out or default_out(spec.name, model_name, k, adapter_checkpoint))  # before any work
     results_path = out / "results.json"
     described = checkpoint.describe() if checkpoint is not None else None
     if results_path.is_file():

@@ -122,6 +122,9 @@ def load_pretrained(path_or_name: str, dtype: torch.dtype):
     from transformers import AutoConfig, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if Path(path_or_name).is_dir() and not (Path(path_or_name) / "config.json").is_file():
+        raise UserError(f"cannot load folder {path_or_name!r}: it has no config.json (a Hugging Face checkpoint folder "
+                        f"holds config.json, the weights and the tokenizer files)")
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load is noise
     try:

@@ -17,6 +17,7 @@ first). Every rank must pass the same ``todo`` in the same order.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -135,6 +136,9 @@ def run_blocks(todo: Sequence[Block], compute: Callable[[Block], dict[str, torch
     ranks = distributed.world_size()
     mine = shard([by_key[key] for key in missing], ranks)[distributed.rank()]
     report = RunReport(total=len(todo), found=len(todo) - len(missing))
+    if progress and distributed.is_main() and 0 < report.found < report.total:  # a resumed run says what it kept
+        tqdm.write(f"{desc}: {report.found} of {report.total} found stored (resuming), {len(missing)} to compute",
+                   file=sys.stderr)
     label = desc if ranks == 1 else f"{desc} (rank 0 of {ranks})"
     bar = tqdm(total=report.found + len(mine), initial=report.found, desc=label, unit="block",
                disable=not progress or not distributed.is_main())  # blocks found in the store count as done

@@ -10,7 +10,7 @@ from ntk_peft.tasks import Example, iter_batches
 
 
 def predict_logits(model, tokenizer, task, examples: list[Example], batch_size: int = 16,
-                   progress: bool = True, **prompt_kwargs) -> torch.Tensor:
+                   progress: bool = True, desc: str = "zero-shot", **prompt_kwargs) -> torch.Tensor:
     """Label logits of every example, in the examples' order.
 
     Args:
@@ -18,7 +18,7 @@ def predict_logits(model, tokenizer, task, examples: list[Example], batch_size: 
         task: task name or spec.
         examples: n examples.
         batch_size: examples per forward pass (sorted by length to pad less).
-        progress: show a tqdm bar on stderr.
+        progress: show a tqdm bar on stderr, labelled ``desc`` (name the split there).
         **prompt_kwargs: template, label_words, mode, max_length, padding_side
             (passed to `make_batch`).
 
@@ -26,7 +26,7 @@ def predict_logits(model, tokenizer, task, examples: list[Example], batch_size: 
         ``[n, C]`` float64 on the CPU.
     """
     out: torch.Tensor | None = None
-    bar = tqdm(total=len(examples), desc="zero-shot", unit="ex", disable=not progress)
+    bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=not progress)
     device = next(model.parameters()).device
     with torch.inference_mode():
         for idx, batch in iter_batches(tokenizer, task, examples, batch_size, **prompt_kwargs):

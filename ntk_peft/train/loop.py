@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ntk_peft.errors import UserError
-from ntk_peft.io import atomic_write, torch_save, write_json
+from ntk_peft.io import atomic_write, check_output_dir, torch_save, write_json
 from ntk_peft.train.tracking import DeltaWTracker
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -98,17 +98,21 @@ def _write_json(path: Path, value) -> None:
 
 
 @torch.no_grad()
-def _accuracy(model, tokenizer, spec, examples, batch_size: int) -> float:
+def _accuracy(model, tokenizer, spec, examples, batch_size: int, desc: str | None = None) -> float:
+    """Accuracy of the model's label logits; a tqdm bar labelled ``desc`` when given (the final evaluation)."""
     from ntk_peft.models import label_logits
     from ntk_peft.tasks import make_batch
 
     was_training = model.training
     model.eval()
     correct = 0
+    bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=desc is None, leave=False)
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         logits = label_logits(model, make_batch(tokenizer, spec, chunk))
         correct += int((logits.argmax(1) == torch.tensor([e.label for e in chunk])).sum())
+        bar.update(len(chunk))
+    bar.close()
     model.train(was_training)
     return correct / max(1, len(examples))
 
@@ -125,20 +129,21 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
     spec = get_task(config.task)
     adapter_spec = parse_spec(config.adapter)
     split = load_split(spec, config.k, config.seed, config.data_dir)
-    out = Path(config.out)
+    out = check_output_dir(config.out)
     config_path = out / "config.json"
     if config_path.is_file():
         previous = json.loads(config_path.read_text())
         if previous != asdict(config):
             raise UserError(f"{out} holds a run with another configuration; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(config_path, asdict(config))
 
     if model is None:
         model, tokenizer = load_model(config.model, seed=config.seed)
     for p in model.parameters():
         p.requires_grad_(False)
     handle = apply_adapter(model, adapter_spec, config.targets, seed=config.seed)
+    # Everything is checked (task, split, model, adapter, targets): only now is anything written.
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(config_path, asdict(config))
     params = handle.parameters()
     for p in params:
         p.requires_grad_(True)
@@ -231,7 +236,8 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
     handle.save(out / "adapter")
     metrics["final_step"] = step
     metrics["stopped_early"] = stopped_early
-    metrics["eval_accuracy"] = _accuracy(model, tokenizer, spec, evaluation, 2 * config.batch_size)
+    metrics["eval_accuracy"] = _accuracy(model, tokenizer, spec, evaluation, 2 * config.batch_size,
+                                         desc=f"evaluate {spec.name}" if progress else None)
     metrics["n_eval"] = len(evaluation)
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - started
     _write_json(out / "metrics.json", metrics)

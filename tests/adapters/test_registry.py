@@ -97,3 +97,14 @@ def test_family_helpers_give_one_line_errors():
         positive("lora0", "0", "the rank")
     with pytest.raises(UserError, match="lormapi needs its number"):
         parse_spec("lormapix")
+
+
+def test_delta_weights_are_measurements_detached_from_autograd():
+    model, _ = load_model("tiny-llama", dtype=torch.float64, seed=0)
+    handle = apply_adapter(model, "lora2", "q")
+    with torch.no_grad():
+        for layer in handle.layers.values():
+            layer.B.normal_()
+    deltas = handle.delta_weights()
+    assert deltas and all(not d.requires_grad for d in deltas.values())
+    assert all(torch.equal(deltas[n], layer.delta_weight()) for n, layer in handle.layers.items())

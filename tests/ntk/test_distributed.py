@@ -127,7 +127,7 @@ def test_a_bad_argument_under_torchrun_ends_every_rank_with_the_one_line_error(t
     done = torchrun(2, "-m", "ntk_peft.cli.compare", "--task", "nosuch", "--subset", "row1", "--model", "tiny-llama",
                     "--out", str(tmp_path), timeout=300)
     assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if line.startswith("compare.py: error:")
+    lines = [line for line in done.stderr.splitlines() if line.startswith("ntk-compare: error:")
              or "error: unknown task" in line]
     assert len(lines) >= 2 and all("nosuch" in line for line in lines)  # one per rank, no hang
 
