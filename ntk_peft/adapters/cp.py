@@ -14,6 +14,14 @@ C_matrix ``[M, r]``: (d_in + head_dim + H + L + M)·r parameters in all
 
     ΔW_{l,m}[k·head_dim + o, c] = ΔW[c, o, k, l, m].
 
+``transpose`` (spec ``cp{r}:transpose``) takes the other convention, that of
+the authors' released code, which builds the transpose: heads along the
+input columns and A along the output rows,
+
+    ΔW_{l,m}[c, k·head_dim + o] = ΔW[c, o, k, l, m]   (c now over d_out),
+
+so A has the largest d_out rows and H is the most d_in / head_dim.
+
 Non-square and grouped-query layers use leading rows: a k/v projection
 576 → 192 with head_dim 64 uses heads 0..2 (C_head[:3]); a layer whose d_in is
 smaller than A's uses A[:d_in]. d_out must be a multiple of head_dim.
@@ -149,18 +157,23 @@ class CPAdapter(AdaptedLinear):
             the factors'.
     """
 
-    def __init__(self, base: nn.Linear, factors: CPFactors, layer: int, matrix: int, head_dim: int):
+    def __init__(self, base: nn.Linear, factors: CPFactors, layer: int, matrix: int, head_dim: int,
+                 transpose: bool = False):
         super().__init__(base)
+        self.transpose = transpose
         d_in, d_out = base.in_features, base.out_features
+        head_side, a_side = "output", "input"
+        if transpose:  # heads along the input, A along the output: the checks below with the roles swapped
+            d_in, d_out, head_side, a_side = d_out, d_in, "input", "output"
         if head_dim != factors.head_dim:
             raise UserError(f"CP adapter: head_dim {head_dim} differs from the factors' {factors.head_dim}")
         if d_out % head_dim:
-            raise UserError(f"CP adapter: output size {d_out} is not a multiple of head_dim {head_dim}")
+            raise UserError(f"CP adapter: {head_side} size {d_out} is not a multiple of head_dim {head_dim}")
         if d_out // head_dim > factors.num_heads:
-            raise UserError(f"CP adapter: output size {d_out} needs {d_out // head_dim} heads, "
+            raise UserError(f"CP adapter: {head_side} size {d_out} needs {d_out // head_dim} heads, "
                             f"the factors have {factors.num_heads}")
         if d_in > factors.in_features:
-            raise UserError(f"CP adapter: input size {d_in} exceeds the factors' {factors.in_features}")
+            raise UserError(f"CP adapter: {a_side} size {d_in} exceeds the factors' {factors.in_features}")
         if not 0 <= layer < factors.num_layers:
             raise UserError(f"CP adapter: layer {layer} not in 0..{factors.num_layers - 1}")
         if not 0 <= matrix < factors.num_matrices:
@@ -168,26 +181,35 @@ class CPAdapter(AdaptedLinear):
         self._factors = (factors,)  # a tuple: not registered as a submodule
         self.layer, self.matrix, self.head_dim = layer, matrix, head_dim
         self.num_heads = d_out // head_dim
+        self._a_rows, self._head_rows = d_in, d_out  # rows of A used, and of the head-major factor
 
     @property
     def factors(self) -> CPFactors:
         return self._factors[0]
 
-    def _input_factor(self) -> torch.Tensor:
-        """A[:d_in]·diag(coef), ``[d_in, r]``."""
+    def _a_factor(self) -> torch.Tensor:
+        """A[:rows]·diag(coef), ``[rows, r]`` (rows = d_in, or d_out when transposed)."""
         f = self.factors
-        return f.A[: self.in_features] * f.coefficients(self.layer, self.matrix)
+        return f.A[: self._a_rows] * f.coefficients(self.layer, self.matrix)
+
+    def _head_factor(self) -> torch.Tensor:
+        """K[k·head_dim + o, j] = C_head[k, j]·B[o, j], ``[rows, r]`` (rows = d_out, or d_in when transposed)."""
+        f = self.factors
+        return (f.C_head[: self.num_heads, None, :] * f.B[None, :, :]).reshape(self._head_rows, f.rank)
+
+    def _input_factor(self) -> torch.Tensor:
+        """``[d_in, r]``: ΔW = output factor · input factorᵀ."""
+        return self._head_factor() if self.transpose else self._a_factor()
 
     def _output_factor(self) -> torch.Tensor:
-        """K[k·head_dim + o, j] = C_head[k, j]·B[o, j], ``[d_out, r]``."""
-        f = self.factors
-        return (f.C_head[: self.num_heads, None, :] * f.B[None, :, :]).reshape(self.out_features, f.rank)
+        """``[d_out, r]``."""
+        return self._a_factor() if self.transpose else self._head_factor()
 
     def compute_delta_weight(self) -> torch.Tensor:
         return self._output_factor() @ self._input_factor().T
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """ΔW·x = K·(A'ᵀ·x), never building ΔW."""
+        """ΔW·x = K_out·(K_inᵀ·x), never building ΔW."""
         return F.linear(x @ self._input_factor(), self._output_factor())
 
     def num_params(self) -> int:
@@ -195,4 +217,5 @@ class CPAdapter(AdaptedLinear):
         return 0
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, layer={self.layer}, matrix={self.matrix}, heads={self.num_heads}"
+        return (f"{super().extra_repr()}, layer={self.layer}, matrix={self.matrix}, heads={self.num_heads}"
+                + (", transpose" if self.transpose else ""))

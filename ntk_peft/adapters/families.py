@@ -104,8 +104,11 @@ def _prepare_cp(model: nn.Module, spec: AdapterSpec, targets: list[Target], cont
     head_dim = head_dim_of(model)
     kinds = list(dict.fromkeys(t.matrix for t in targets))
     weight = targets[0].module.weight
-    context.shared["cp"] = CPFactors(max(t.module.in_features for t in targets), head_dim,
-                                     max(-(-t.module.out_features // head_dim) for t in targets),
+    transpose = spec.variant == "transpose"  # the authors' code: heads along the input, A along the output
+    a_size = (lambda t: t.module.out_features) if transpose else (lambda t: t.module.in_features)
+    head_size = (lambda t: t.module.in_features) if transpose else (lambda t: t.module.out_features)
+    context.shared["cp"] = CPFactors(max(a_size(t) for t in targets), head_dim,
+                                     max(-(-head_size(t) // head_dim) for t in targets),
                                      max(t.layer for t in targets) + 1, len(kinds), spec.rank, alpha=context.alpha,
                                      generator=context.generator, dtype=weight.dtype, device=weight.device)
     context.extra["matrix_index"] = {kind: i for i, kind in enumerate(kinds)}
@@ -114,7 +117,7 @@ def _prepare_cp(model: nn.Module, spec: AdapterSpec, targets: list[Target], cont
 def _build_cp(spec: AdapterSpec, target: Target, context: BuildContext) -> nn.Module:
     factors = context.shared["cp"]
     return CPAdapter(target.module, factors, target.layer, context.extra["matrix_index"][target.matrix],
-                     factors.head_dim)
+                     factors.head_dim, transpose=spec.variant == "transpose")
 
 
 # ---- LoRMA -------------------------------------------------------------------------------------------------------
@@ -158,8 +161,12 @@ BUILT_IN = [
                   lambda spec, target, context: MonarchAdapter(target.module, spec.blocks, spec.rank,
                                                                context.generator),
                   lambda spec: f"more{spec.blocks}x{spec.rank}"),
-    AdapterFamily("cp", "cp{r}", "LoRTA: one rank-r CP tensor over all targeted layers", re.compile(rf"cp{_INT}"),
-                  _rank("cp"), _build_cp, default_targets="attn", scaled=True, prepare=_prepare_cp),
+    AdapterFamily("cp", "cp{r}[:transpose]", "LoRTA: one rank-r CP tensor over all targeted layers (heads on the "
+                  "output rows as the paper; :transpose as the authors' code)", re.compile(rf"cp{_INT}(:transpose)?"),
+                  lambda match, raw: AdapterSpec("cp", rank=positive(raw, match.group(1), "the rank"),
+                                                 variant="transpose" if match.group(2) else ""),
+                  _build_cp, lambda spec: f"cp{spec.rank}" + (":transpose" if spec.variant else ""),
+                  default_targets="attn", scaled=True, prepare=_prepare_cp),
     AdapterFamily("lorma+", "lorma+{r}[:post]", "LoRMA additive-multiplicative, W0 + B(A W0)",
                   re.compile(rf"lorma\+{_INT}(:post)?"), _parse_lorma("lorma+"), _build_lorma,
                   lambda spec: f"lorma+{spec.rank}" + (":post" if spec.post else ""), scaled=True),
@@ -167,9 +174,11 @@ BUILT_IN = [
                   re.compile(rf"lormapi{_INT}(:post)?"), _parse_lorma("lormapi"), _build_lorma,
                   lambda spec: f"lormapi{spec.rank}" + (":post" if spec.post else ""), scaled=True),
     _word("bias", "BitFit: the biases", build=lambda spec, target, context: BiasAdapter(target.module)),
-    AdapterFamily("ia3", "ia3", "IA3 scaling vectors", re.compile("ia3"), lambda match, raw: AdapterSpec("ia3"),
-                  lambda spec, target, context: IA3Adapter(target.module, feedforward=target.matrix == "down"),
-                  default_targets="k,v,down"),
+    AdapterFamily("ia3", "ia3[:bias]", "IA3 scaling vectors (:bias also scales the bias, as peft)",
+                  re.compile("ia3(:bias)?"), lambda match, raw: AdapterSpec("ia3", variant="bias" if match.group(1) else ""),
+                  lambda spec, target, context: IA3Adapter(target.module, feedforward=target.matrix == "down",
+                                                           scale_bias=spec.variant == "bias"),
+                  lambda spec: "ia3" + (":bias" if spec.variant else ""), default_targets="k,v,down"),
 ]
 
 for _family in BUILT_IN:

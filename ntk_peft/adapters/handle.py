@@ -8,6 +8,7 @@ re-applies a saved adapter and its weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def load_adapter(model: nn.Module, folder: str | Path) -> AdapterHandle:
     options = meta.get("options", {})
     spec = parse_spec(meta["spec"])
     # The saved index buffers fix the selection, so no calibration batch is needed.
-    build = AdapterSpec(spec.kind, spec.rank, spec.blocks, spec.prob, "first", spec.post)
+    build = dataclasses.replace(spec, selection="first")
     handle = apply_adapter(model, build, meta["targets"], seed=options.get("seed", 0),
                            alpha=options.get("alpha"), dropout=options.get("dropout", 0.0))
     handle.spec = spec

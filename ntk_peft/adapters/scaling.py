@@ -8,7 +8,9 @@
   y = l ⊙ (W0 x) + b, so ΔW = (l − 1)·W0 row-wise (the bias is not scaled, so
   that the update is exactly a ΔW; on bias-free models this is IA3 as in
   peft). On the feed-forward down projection it scales the input,
-  y = W0 (l ⊙ x) + b, so ΔW = W0·diag(l − 1).
+  y = W0 (l ⊙ x) + b, so ΔW = W0·diag(l − 1). With ``scale_bias`` (spec
+  ``ia3:bias``, peft's convention) the output scaling covers the bias too,
+  y = l ⊙ (W0 x + b): ΔW as above plus Δb = (l − 1) ⊙ b.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ class BiasAdapter(AdaptedLinear):
 
 
 class IA3Adapter(AdaptedLinear):
-    def __init__(self, base: nn.Linear, feedforward: bool):
+    def __init__(self, base: nn.Linear, feedforward: bool, scale_bias: bool = False):
         super().__init__(base)
-        self.feedforward = feedforward
+        self.feedforward, self.scale_bias = feedforward, scale_bias
         self.scale = nn.Parameter(base.weight.new_ones(base.in_features if feedforward else base.out_features))
 
     def compute_delta_weight(self) -> torch.Tensor:
@@ -69,8 +71,16 @@ class IA3Adapter(AdaptedLinear):
             return self.base(x)
         if self.feedforward:
             return self.base(x * self.scale)
+        if self.scale_bias:
+            return self.base(x) * self.scale
         out = torch.nn.functional.linear(x, self.base.weight) * self.scale
         return out if self.base.bias is None else out + self.base.bias
+
+    def delta_bias(self) -> torch.Tensor | None:
+        """(l − 1) ⊙ b with ``scale_bias`` on an output-scaled layer that has a bias, else None."""
+        if not self.scale_bias or self.feedforward or self.base.bias is None:
+            return None
+        return (self.scale - 1) * self.base.bias
 
     def num_params(self) -> int:
         return self.scale.numel()

@@ -44,6 +44,7 @@ class AdapterSpec:
         prob: ``rand``'s p; 0.0 otherwise.
         selection: rows/columns selection rule.
         post: LoRMA multiplies on the right (W0 · M) instead of the left.
+        variant: a family's other convention (``ia3:bias``, ``cp8:transpose``); empty for the default.
     """
 
     kind: str
@@ -52,6 +53,7 @@ class AdapterSpec:
     prob: float = 0.0
     selection: str = "first"
     post: bool = False
+    variant: str = ""
 
     def __str__(self) -> str:
         family = FAMILIES.get(self.kind)

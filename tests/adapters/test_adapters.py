@@ -16,15 +16,18 @@ from ntk_peft.tasks import load_split, make_batch
 from tests.kernels.test_monarch_reference import dense_monarch
 
 SPECS = ["row2", "col2", "row2:random", "rand0.1", "lora2", "more2x2", "more3x2", "cp2", "lorma+2",
-         "lorma+2:post", "lormapi2", "lormapi2:post", "bias", "ia3"]
-NOT_BITWISE_AT_INIT = ("ia3", "lormapi2", "lormapi2:post")  # multiplicative: identity up to rounding
+         "lorma+2:post", "lormapi2", "lormapi2:post", "bias", "ia3", "ia3:bias", "cp2:transpose"]
+NOT_BITWISE_AT_INIT = ("ia3", "ia3:bias", "lormapi2", "lormapi2:post")  # multiplicative: identity up to rounding
 
 
 def _randomise(handle, seed=0):
+    """Trained-looking values: N(0, 0.1²) entries (N(0, 0.6²) for LoRTA's factors, whose ΔW multiplies five of
+    them, so that its update is as large as a two-factor adapter's rather than 0.1⁵)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in handle.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+        for name, p in handle.named_parameters():
+            scale = 0.6 if name.startswith("shared.cp.") else 0.1
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
 
 
 def _batch(tok, n=4):
@@ -244,7 +247,8 @@ def _save_trained(folder, name, dtype, spec):
     return batch, expected
 
 
-@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3", "cp2", "lormapi2"])
+@pytest.mark.parametrize("spec", ["row2:random", "lora2", "more2x2", "rand0.1", "ia3", "ia3:bias", "cp2",
+                                  "cp2:transpose", "lormapi2"])
 def test_save_and_load_give_identical_outputs(tmp_path, spec):
     batch, expected = _save_trained(tmp_path, "tiny-roberta", torch.float32, spec)
     fresh, _ = load_model("tiny-roberta", dtype=torch.float32, seed=0)
@@ -292,3 +296,27 @@ def test_lorma_pi_is_identity_at_init_in_fp32_on_smollm2_layer(smollm2, spec):
     handle = apply_adapter(_Wrap(layer), spec, targets="all")
     got = next(iter(handle.layers.values()))(x)
     assert (got - expected).abs().max() <= 1e-6 * expected.abs().max()
+
+
+@pytest.mark.parametrize("scale_bias", [False, True])
+def test_ia3_output_scaling_with_and_without_the_bias_against_a_dense_reference(scale_bias):
+    """ia3 scales W0·x only (ours: an exact ΔW); ia3:bias scales W0·x + b (peft's convention), Δb = (l − 1) ⊙ b."""
+    from ntk_peft.adapters import IA3Adapter
+    from tests.adapters.layers import check_merge_unmerge, inputs, linear
+
+    base = linear(5, 4, bias=True)
+    adapter = IA3Adapter(base, feedforward=False, scale_bias=scale_bias)
+    with torch.no_grad():
+        adapter.scale.copy_(torch.tensor([0.5, 2.0, -1.0, 3.0], dtype=torch.float64))
+    x = inputs(5)
+    w0, b, scale = base.weight.detach(), base.bias.detach(), adapter.scale.detach()
+    expected = (x @ w0.T + b) * scale if scale_bias else (x @ w0.T) * scale + b
+    assert torch.allclose(adapter(x), expected, rtol=1e-13, atol=1e-13)
+    assert torch.allclose(adapter.delta_weight(), (scale - 1)[:, None] * w0, rtol=0, atol=1e-15)
+    delta_b = adapter.delta_bias()
+    assert (delta_b is None) == (not scale_bias)
+    if scale_bias:
+        assert torch.allclose(delta_b, (scale - 1) * b, rtol=0, atol=1e-15)
+    check_merge_unmerge(adapter, x)
+    feedforward = IA3Adapter(linear(5, 4, bias=True), feedforward=True, scale_bias=True)
+    assert feedforward.delta_bias() is None  # input scaling leaves the bias alone in both conventions

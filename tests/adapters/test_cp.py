@@ -168,3 +168,33 @@ def test_bad_shapes_are_user_errors(d_in, d_out, layer, matrix, head_dim, messag
     with pytest.raises(UserError, match=message) as info:
         CPAdapter(_linear(d_in, d_out), _factors(), layer, matrix, head_dim)
     assert "\n" not in str(info.value)
+
+
+# The transposed convention (the authors' released code): heads along the input columns, A along the output rows.
+TRANSPOSED_LAYOUTS = [(12, 12, 0, 0), (4, 12, 1, 1), (6, 12, 2, 3), (4, 8, 1, 2)]  # d_in multiple of HEAD_DIM
+
+
+@pytest.mark.parametrize("d_in,d_out,layer,matrix", TRANSPOSED_LAYOUTS)
+def test_transposed_convention_is_the_transpose_of_the_dense_tensor_slice(d_in, d_out, layer, matrix):
+    factors = _factors(alpha=5.0)
+    _randomise(factors)
+    adapter = CPAdapter(_linear(d_in, d_out), factors, layer, matrix, HEAD_DIM, transpose=True)
+    # the same tensor slice, read with c over the outputs and the heads over the inputs
+    expected = _dense_delta(factors, layer, matrix, d_out, d_in).T
+    assert torch.allclose(adapter.delta_weight(), expected, **TOL)
+    x = _x(d_in)
+    assert torch.allclose(adapter(x), F.linear(x, adapter.base.weight + expected, adapter.base.bias), **TOL)
+    check_merge_unmerge(adapter, x)
+
+
+def test_transposed_convention_on_a_model_and_its_spec():
+    from ntk_peft import load_model
+    from ntk_peft.adapters import apply_adapter, parse_spec
+
+    assert str(parse_spec("cp4:transpose")) == "cp4:transpose" and parse_spec("cp4:transpose") != parse_spec("cp4")
+    model, _ = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    handle = apply_adapter(model, "cp2:transpose", seed=0)
+    layer = next(iter(handle.layers.values()))
+    assert layer.transpose and handle.shared["cp"].A.shape[0] == max(m.out_features for m in handle.layers.values())
+    with pytest.raises(UserError, match="CP adapter: input size 3 is not a multiple of head_dim 2"):
+        CPAdapter(_linear(3, 12), _factors(), 0, 0, HEAD_DIM, transpose=True)

@@ -78,7 +78,7 @@ def test_unknown_kinds_are_refused_not_built_as_another_family():
 
 def test_a_registered_family_is_parsed_applied_and_has_exact_kernels(scale_family):
     assert parse_spec("oscale") == AdapterSpec("oscale") and str(parse_spec("OScale")) == "oscale"
-    assert valid_forms().endswith("ia3, oscale")
+    assert valid_forms().endswith("ia3[:bias], oscale")
     model, tok = load_model("tiny-llama", dtype=torch.float64, seed=4)
     handle = apply_adapter(model, "oscale", "q,v", seed=1)
     assert len(handle.layers) == 4 and all(isinstance(m, OutputScale) for m in handle.layers.values())
