@@ -10,6 +10,11 @@ from ntk_peft.ntk.kernel_types import KernelType, output_map
 from ntk_peft.ntk.outputs import batch_size, model_outputs
 from ntk_peft.tasks import slice_batch
 
+# The subsets and tiny models every eNTK implementation is checked on (test_engine, test_directions).
+ENGINE_SUBSETS = ["full", "linear", "row1", "row2:random", "col1", "rand0.1", "lora2", "more2x2", "cp2",
+                  "cp2:transpose", "lorma+2", "lormapi2", "bias", "ia3", "ia3:bias"]
+ENGINE_MODELS = ["tiny-llama", "tiny-roberta", "tiny-bert"]
+
 
 def per_example_gradients(model, spec, batch, output="labels", outputs=None, targets="all"):
     """``[n, O, P]``: torch.autograd.grad of each output of each example alone w.r.t. the subset's parameters,
@@ -42,3 +47,20 @@ def brute_force_kernel(jac1, jac2, kernel="ntk"):
 
 def relative_error(a, b):
     return float((a - b).abs().max() / b.abs().max())
+
+
+def dense_monarch(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Build the m×n matrix from explicit permutation and block-diagonal matrices."""
+    blocks, rank, b_in = w1.shape
+    b_out = w2.shape[1]
+    bd1 = torch.block_diag(*w1)  # (N·r, N·b_in)
+    bd2 = torch.block_diag(*w2)  # (N·b_out, N·r)
+    p_mid = torch.zeros(blocks * rank, blocks * rank, dtype=w1.dtype)
+    for k_new in range(blocks):
+        for j_new in range(rank):
+            p_mid[k_new * rank + j_new, j_new * blocks + k_new] = 1  # h'[k', j'] = h[j'·N + k']
+    p_out = torch.zeros(blocks * b_out, blocks * b_out, dtype=w1.dtype)
+    for k in range(blocks):
+        for i in range(b_out):
+            p_out[i * blocks + k, k * b_out + i] = 1  # output o = i·N + k
+    return p_out @ bd2 @ p_mid @ bd1

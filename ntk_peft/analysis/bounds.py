@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ntk_peft.analysis.projections import (
-    _checked,
-    _positive,
+    checked_matrix,
     monarch_block_ranks,
     monarch_params,
     monarch_project,
+    positive_int,
 )
 from ntk_peft.errors import UserError
 
@@ -34,19 +34,19 @@ MONARCH_BLOCKS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 def theorem_rhs(prefix, e_tilde, blocks: int, rank: int) -> float:
     """‖prefix‖_F² · ‖Ẽ − P_M(Ẽ)‖_F² (squared-error form of MoRe theorems A.3/A.4)."""
-    prefix = _checked(prefix)
+    prefix = checked_matrix(prefix)
     return float(prefix.norm() ** 2) * monarch_project(e_tilde, blocks, rank).error ** 2
 
 
 def theorem_rhs_spectral(prefix, e_tilde, blocks: int, rank: int) -> float:
     """‖prefix‖_2² · ‖Ẽ − P_M(Ẽ)‖_F²: the same argument with ‖AB‖_F ≤ ‖A‖_2‖B‖_F (tighter)."""
-    prefix = _checked(prefix)
+    prefix = checked_matrix(prefix)
     return float(torch.linalg.matrix_norm(prefix, 2) ** 2) * monarch_project(e_tilde, blocks, rank).error ** 2
 
 
 def worst_case_ratio(m: int) -> float:
     """(m−1)/m: the largest share of ‖A‖_F² that Monarch with r = N = m (m×m sub-blocks) can miss."""
-    return (_positive("m", m) - 1) / m
+    return (positive_int("m", m) - 1) / m
 
 
 def _orthogonal(m: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,8 +79,8 @@ def rank_m_orthogonal_blocks_matrix(m: int, seed: int = 0) -> torch.Tensor:
 
 def sub_block_singular_values(matrix, blocks: int) -> torch.Tensor:
     """``[N, N, min(b_out, b_in)]`` singular values of every sub-block (padded rows/columns are zeros)."""
-    matrix = _checked(matrix)
-    blocks = _positive("N", blocks)
+    matrix = checked_matrix(matrix)
+    blocks = positive_int("N", blocks)
     m, n = matrix.shape
     if blocks > min(m, n):
         raise UserError(f"N={blocks} blocks exceed the matrix's size {m}x{n}")
@@ -94,7 +94,7 @@ def sub_block_singular_values(matrix, blocks: int) -> torch.Tensor:
 
 def monarch_error_curve(matrix, blocks: int, ranks) -> dict[int, float]:
     """r -> ‖M − P_{more{N}x{r}}(M)‖_F for every valid r in ``ranks`` (same values as `monarch_project`)."""
-    matrix = _checked(matrix)
+    matrix = checked_matrix(matrix)
     sigma2 = sub_block_singular_values(matrix, blocks) ** 2  # [N, N, s]
     tails = torch.flip(torch.cumsum(torch.flip(sigma2, [-1]), -1), [-1])  # tails[..., c] = Σ_{i ≥ c} σ_i²
     tails = torch.cat([tails, tails.new_zeros(*tails.shape[:-1], 1)], -1)
@@ -122,8 +122,8 @@ def equal_budget_errors(matrix, budget: int, monarch_blocks=MONARCH_BLOCKS) -> l
 
 def equal_budget_table(matrix, budgets, monarch_blocks=MONARCH_BLOCKS) -> dict[int, list[dict]]:
     """`equal_budget_errors` for several budgets at once: one SVD of M, one of each N's sub-blocks."""
-    matrix = _checked(matrix)
-    budgets = [_positive("budget", b) for b in budgets]
+    matrix = checked_matrix(matrix)
+    budgets = [positive_int("budget", b) for b in budgets]
     m, n = matrix.shape
     norm = float(matrix.norm())
     if norm == 0:

@@ -40,7 +40,7 @@ import torch
 from ntk_peft.errors import UserError
 
 
-def _checked(matrix) -> torch.Tensor:
+def checked_matrix(matrix) -> torch.Tensor:
     """A finite float64 CPU matrix."""
     if isinstance(matrix, np.ndarray):
         matrix = torch.from_numpy(matrix)
@@ -52,7 +52,7 @@ def _checked(matrix) -> torch.Tensor:
     return matrix
 
 
-def _positive(name: str, value) -> int:
+def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
@@ -60,7 +60,7 @@ def _positive(name: str, value) -> int:
 
 def monarch_block_ranks(blocks: int, rank: int) -> np.ndarray:
     """``[N_out, N_in]`` rank cap of every sub-block of the ``more{N}x{r}`` class (see the module docstring)."""
-    blocks, rank = _positive("N", blocks), _positive("r", rank)
+    blocks, rank = positive_int("N", blocks), positive_int("r", rank)
     caps = np.zeros((blocks, blocks), dtype=np.int64)
     for t in range(blocks * rank):
         caps[t % blocks, t // rank] += 1
@@ -92,8 +92,8 @@ def monarch_project(matrix, blocks: int, rank: int) -> MonarchProjection:
     triple's √σ on both sides; padded rows/columns and unused middle indices are zero) that
     `MonarchAdapter` accepts as its ``w1``/``w2``, the projected matrix and ‖M − P(M)‖_F.
     """
-    matrix = _checked(matrix)
-    blocks, rank = _positive("N", blocks), _positive("r", rank)
+    matrix = checked_matrix(matrix)
+    blocks, rank = positive_int("N", blocks), positive_int("r", rank)
     m, n = matrix.shape
     if blocks > min(m, n):
         raise UserError(f"N={blocks} blocks exceed the matrix's size {m}x{n}")
@@ -141,8 +141,8 @@ class LowRankProjection:
 
 def lowrank_project(matrix, rank: int) -> LowRankProjection:
     """The best rank-R approximation (truncated SVD), factors balanced by √σ."""
-    matrix = _checked(matrix)
-    rank = _positive("R", rank)
+    matrix = checked_matrix(matrix)
+    rank = positive_int("R", rank)
     if rank > min(matrix.shape):
         raise UserError(f"rank R={rank} exceeds min{tuple(matrix.shape)}")
     u, sigma, vh = torch.linalg.svd(matrix, full_matrices=False)
@@ -163,8 +163,8 @@ class SelectionProjection:
 
 def rows_project(matrix, rank: int) -> SelectionProjection:
     """The best r rows to free: those of largest norm, at their values (RoCoFT rows)."""
-    matrix = _checked(matrix)
-    rank = _positive("r", rank)
+    matrix = checked_matrix(matrix)
+    rank = positive_int("r", rank)
     if rank > matrix.shape[0]:
         raise UserError(f"r={rank} rows exceed the matrix's {matrix.shape[0]} rows")
     norms = (matrix ** 2).sum(1)
@@ -177,8 +177,8 @@ def rows_project(matrix, rank: int) -> SelectionProjection:
 
 def cols_project(matrix, rank: int) -> SelectionProjection:
     """The best r columns to free (RoCoFT columns)."""
-    matrix = _checked(matrix)
-    if _positive("r", rank) > matrix.shape[1]:
+    matrix = checked_matrix(matrix)
+    if positive_int("r", rank) > matrix.shape[1]:
         raise UserError(f"r={rank} columns exceed the matrix's {matrix.shape[1]} columns")
     rows = rows_project(matrix.T, rank)
     return SelectionProjection(rows.indices, rows.values.T.contiguous(), rows.matrix.T.contiguous(), rows.error)
@@ -212,7 +212,7 @@ def cp_project(stack, rank: int, *, n_iter_max: int = 500, tol: float = 1e-10, s
         raise UserError(f"a CP fit needs a stack of matrices (3 or more modes), got shape {tuple(stack.shape)}")
     if not torch.isfinite(stack).all():
         raise UserError("the stack contains NaN or Inf")
-    rank = _positive("R", rank)
+    rank = positive_int("R", rank)
     array = stack.numpy()
     init = "svd" if rank <= min(array.shape) else "random"
     weights, factors = parafac(tensorly.tensor(array), rank, n_iter_max=n_iter_max, tol=tol, init=init,

@@ -74,9 +74,6 @@ def load_model(name_or_path: str = DEFAULT_MODEL, dtype=torch.float32, *, seed: 
     )
 
 
-SKELETONS = {"roberta-base-shape": "RoBERTa-base shapes (transformers' default RobertaConfig)"}
-
-
 def model_skeleton(name_or_path: str = DEFAULT_MODEL):
     """A model with the right shapes on the meta device (no weights), for counting.
 
@@ -96,11 +93,11 @@ def model_skeleton(name_or_path: str = DEFAULT_MODEL):
     elif not (Path(name).is_dir() or looks_like_hub_name(name)):
         raise UserError(f"unknown model {name!r}; valid: {', '.join(model_names())}, roberta-base-shape, "
                         f"a local Hugging Face checkpoint folder, or an org/name hub id")
-    from ntk_peft.models.pretrained import _model_class
+    from ntk_peft.models.pretrained import model_class
 
     config = AutoConfig.from_pretrained(name)
     with torch.device("meta"):
-        return _model_class(config).from_config(config)
+        return model_class(config).from_config(config)
 
 
 __all__ = [

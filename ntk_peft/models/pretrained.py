@@ -106,7 +106,7 @@ def convert_smollm2(target: Path) -> Path:
     return target
 
 
-def _model_class(config):
+def model_class(config):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     archs = " ".join(getattr(config, "architectures", None) or [])
@@ -129,7 +129,7 @@ def load_pretrained(path_or_name: str, dtype: torch.dtype):
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load is noise
     try:
         config = AutoConfig.from_pretrained(path_or_name)
-        model = _model_class(config).from_pretrained(path_or_name, dtype=dtype)
+        model = model_class(config).from_pretrained(path_or_name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path_or_name)
     except (OSError, ValueError) as err:
         where = "folder" if Path(path_or_name).is_dir() else "hub model (needs network)"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.optimize
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 
 from ntk_peft.errors import UserError
 
@@ -139,6 +139,3 @@ def klr_logits(kernel_eval_train: np.ndarray, alpha: np.ndarray, mode: str,
         return f0 + np.stack([-shift / 2, shift / 2], axis=1)
     return f0 + (flat_kernel(kernel) @ alpha.reshape(-1)).reshape(m, classes)
 
-
-def klr_probabilities(logits: np.ndarray) -> np.ndarray:
-    return softmax(logits, axis=1)

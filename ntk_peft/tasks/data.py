@@ -56,11 +56,6 @@ class Split:
     dev: list[Example]
     eval: list[Example]
 
-    def majority_rate(self) -> float:
-        """Accuracy of always predicting the most frequent eval class."""
-        counts = np.bincount([e.label for e in self.eval], minlength=self.task.num_classes)
-        return float(counts.max() / max(len(self.eval), 1))
-
 
 def default_data_dir() -> Path:
     """``../shared/data`` beside the repository that holds this package."""

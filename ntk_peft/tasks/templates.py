@@ -55,9 +55,6 @@ class Prompt:
     label_words: tuple[str, ...]
     mode: str  # MASKED or CAUSAL
 
-    def as_dict(self) -> dict:
-        return {"template": self.template, "label_words": list(self.label_words), "mode": self.mode}
-
 
 def parse_template(template: str) -> list[Segment]:
     """Split a template into literal, text and mask segments (see module doc)."""

@@ -13,7 +13,7 @@ from ntk_peft import label_logits, load_model
 from ntk_peft.adapters import ShiftedLinear, apply_adapter, fold_adapter, load_adapter
 from ntk_peft.errors import UserError
 from ntk_peft.tasks import load_split, make_batch
-from tests.kernels.test_monarch_reference import dense_monarch
+from tests.helpers import dense_monarch
 
 SPECS = ["row2", "col2", "row2:random", "rand0.1", "lora2", "more2x2", "more3x2", "cp2", "lorma+2",
          "lorma+2:post", "lormapi2", "lormapi2:post", "bias", "ia3", "ia3:bias", "cp2:transpose"]

@@ -19,7 +19,7 @@ from ntk_peft.analysis import (
     rows_project,
 )
 from ntk_peft.errors import UserError
-from tests.kernels.test_monarch_reference import dense_monarch
+from tests.helpers import dense_monarch
 
 # (m, n, N, r): square, rectangular, N not dividing r (uneven caps), r < N (structural zeros), padded
 CASES = [(16, 16, 4, 4), (12, 24, 3, 6), (18, 12, 3, 5), (16, 16, 4, 2), (13, 10, 3, 2), (9, 14, 4, 3)]

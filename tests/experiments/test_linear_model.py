@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ntk_peft.analysis import monarch_project
+from ntk_peft.analysis.bounds import theorem_rhs, theorem_rhs_spectral
 from ntk_peft.errors import UserError
 from ntk_peft.experiments.linear_model import linear_model_experiment, monarch_dense, random_linear_model
 
@@ -44,6 +45,9 @@ def test_the_bound_is_the_projection_error_scaled():
     row = linear_model_experiment(d=8, depth=2, classes=("more2x2",), seed=3)[0]
     expect = float(prefix.norm() ** 2) * monarch_project(e_tilde, 2, 2).error ** 2
     assert row["bound_frobenius"] == pytest.approx(expect, rel=1e-12)
+    # MoRe theorems A.3/A.4 as the analysis module states them: the same numbers
+    assert theorem_rhs(prefix, e_tilde, 2, 2) == pytest.approx(row["bound_frobenius"], rel=1e-12)
+    assert theorem_rhs_spectral(prefix, e_tilde, 2, 2) == pytest.approx(row["bound_spectral"], rel=1e-12)
     assert math.isfinite(row["descent_error"])
 
 

@@ -6,24 +6,8 @@ import pytest
 import torch
 
 from ntk_peft.kernels import monarch_matmul_reference
+from tests.helpers import dense_monarch
 from tests.kernels.shapes import SHAPES
-
-
-def dense_monarch(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
-    """Build the m×n matrix from explicit permutation and block-diagonal matrices."""
-    blocks, rank, b_in = w1.shape
-    b_out = w2.shape[1]
-    bd1 = torch.block_diag(*w1)  # (N·r, N·b_in)
-    bd2 = torch.block_diag(*w2)  # (N·b_out, N·r)
-    p_mid = torch.zeros(blocks * rank, blocks * rank, dtype=w1.dtype)
-    for k_new in range(blocks):
-        for j_new in range(rank):
-            p_mid[k_new * rank + j_new, j_new * blocks + k_new] = 1  # h'[k', j'] = h[j'·N + k']
-    p_out = torch.zeros(blocks * b_out, blocks * b_out, dtype=w1.dtype)
-    for k in range(blocks):
-        for i in range(b_out):
-            p_out[i * blocks + k, k * b_out + i] = 1  # output o = i·N + k
-    return p_out @ bd2 @ p_mid @ bd1
 
 
 @pytest.mark.parametrize("blocks,rank,b_in,b_out", [(1, 3, 5, 4), (2, 2, 3, 5), (4, 3, 2, 2), (3, 5, 2, 3), (8, 1, 1, 2)])

@@ -11,7 +11,8 @@ from ntk_peft.errors import UserError
 from ntk_peft.ntk import capture, empirical_ntk, subset_params
 from ntk_peft.ntk.directions import project_directions, reference_projection, subset_directions
 from ntk_peft.tasks import load_split, make_batch
-from tests.ntk.test_engine import MODELS, SUBSETS
+from tests.helpers import ENGINE_MODELS as MODELS
+from tests.helpers import ENGINE_SUBSETS as SUBSETS
 
 # Llama's RMSNorm computes in float32 even in a float64 model, so a gradient of Σ W·f differs from
 # Σ W·(gradient of f) at float32 rounding there; the other models are float64 throughout.

@@ -10,10 +10,8 @@ from ntk_peft.adapters import parse_spec
 from ntk_peft.errors import UserError
 from ntk_peft.ntk import NtkImplementation, empirical_ntk, subset_params
 from ntk_peft.tasks import load_split, make_batch, slice_batch
-
-SUBSETS = ["full", "linear", "row1", "row2:random", "col1", "rand0.1", "lora2", "more2x2", "cp2",
-           "lorma+2", "lormapi2", "bias", "ia3"]
-MODELS = ["tiny-llama", "tiny-roberta", "tiny-bert"]
+from tests.helpers import ENGINE_MODELS as MODELS
+from tests.helpers import ENGINE_SUBSETS as SUBSETS
 
 
 @pytest.fixture(scope="module")
