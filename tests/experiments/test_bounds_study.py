@@ -58,7 +58,8 @@ def test_model_weights_with_cp_on_stacks(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["--random", "0x5"], "expects a shape MxN"),
+    (["--random", "0x5"], "needs positive sizes M and N"),
+    (["--random", "5by5"], "expects a shape MxN"),
     (["--random", "8x8", "--spectrum", "zipf"], "bad spectrum"),
     (["--random", "8x8", "--budget-ranks", "0"], "must be positive"),
     (["--types", "q,x", "--model", "tiny-llama"], "unknown matrix type 'x'"),
