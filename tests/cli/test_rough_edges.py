@@ -111,3 +111,14 @@ def test_messages_a_new_user_met(capsys, tmp_path):
 def test_zero_shot_bars_name_their_split(capsys):
     code, _, err = _run(capsys, peft.main, "zeroshot", "--task", "sst2", "--model", "tiny-llama", "--max-examples", "4")
     assert code == 0 and "zero-shot SST-2 eval" in err
+
+
+def test_train_shows_its_final_evaluation_and_compare_says_where_figures_went(capsys, tmp_path):
+    code, _, err = _run(capsys, peft.main, "train", "--task", "sst2", "--adapter", "lora1", "--model", "tiny-llama",
+                        "--k", "4", "--steps", "1", "--max-eval", "4", "--out", str(tmp_path / "train"))
+    assert code == 0 and "evaluate SST-2" in err
+    code, out, err = _run(capsys, compare.main, "--task", "sst2", "--subset", "row1", "--model", "tiny-llama",
+                          "--k", "4", "--seeds", "13", "--max-eval", "4", "--out", str(tmp_path / "compare"))
+    assert code == 0, err
+    assert f"figures: {tmp_path / 'compare' / 'figures'}" in out
+    assert (tmp_path / "compare" / "figures" / "kernel_heatmaps.png").is_file()
