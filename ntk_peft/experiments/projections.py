@@ -135,13 +135,27 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
             state[name] = {key: v.to(_device(model)) for key, v in stacked.items()}
         return state[name]
 
+    def grouped(name: str, transform, columns: list[int]) -> dict[str, torch.Tensor]:
+        """The directions of one projection transform's columns, gathered once (not per block: for ``full`` a
+        copy is model-sized per column)."""
+        key = (name, tuple(columns))
+        if key not in state:
+            stacked = directions(name)
+            if len(columns) == len(plans[name]):
+                state[key] = stacked
+            else:  # split every group at once, then drop the stacked copy (memory stays one copy)
+                for transform_ in dict.fromkeys(t for _, t in plans[name]):
+                    group = tuple(s for s, (_, t) in enumerate(plans[name]) if t is transform_)
+                    state[(name, group)] = {k: v[list(group)] for k, v in stacked.items()}
+                del state[name], stacked
+        return state[key]
+
     def project(name: str, batch: dict, cap) -> torch.Tensor:
         """``[n, O, S_total]``: each stacked column projected with its transform (columns grouped by it)."""
-        stacked = directions(name)
         out = None
         for transform in dict.fromkeys(t for _, t in plans[name]):
             columns = [s for s, (_, t) in enumerate(plans[name]) if t is transform]
-            part = {key: v[columns] for key, v in stacked.items()}
+            part = grouped(name, transform, columns)
             if cap is not None:
                 values = project_directions(model, subsets()[name], cap, part, transform)
             else:
