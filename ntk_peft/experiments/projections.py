@@ -135,7 +135,7 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
             state[name] = {key: v.to(_device(model)) for key, v in stacked.items()}
         return state[name]
 
-    def grouped(name: str, transform, columns: list[int]) -> dict[str, torch.Tensor]:
+    def grouped(name: str, columns: list[int]) -> dict[str, torch.Tensor]:
         """The directions of one projection transform's columns, gathered once (not per block: for ``full`` a
         copy is model-sized per column)."""
         key = (name, tuple(columns))
@@ -155,7 +155,7 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
         out = None
         for transform in dict.fromkeys(t for _, t in plans[name]):
             columns = [s for s, (_, t) in enumerate(plans[name]) if t is transform]
-            part = grouped(name, transform, columns)
+            part = grouped(name, columns)
             if cap is not None:
                 values = project_directions(model, subsets()[name], cap, part, transform)
             else:
