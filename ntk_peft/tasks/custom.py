@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ntk_peft.errors import UserError
-from ntk_peft.tasks.data import Example, Split, sample_kshot
+from ntk_peft.tasks.data import Example, Split, sample_kshot, shuffled_by_label
 from ntk_peft.tasks.registry import TaskSpec, register_task
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl"}
@@ -199,10 +199,4 @@ def _kshot(pool: list[Example], k: int, seed: int, classes: int) -> list[Example
     counts = np.bincount([e.label for e in pool], minlength=classes)
     if counts.min() < k:
         raise UserError(f"k={k} needs {k} examples per class but the file has {counts.tolist()} per class")
-    np.random.seed(seed)
-    lines = list(pool)
-    np.random.shuffle(lines)
-    by_label: dict[int, list[Example]] = {}
-    for example in lines:
-        by_label.setdefault(example.label, []).append(example)
-    return [e for group in by_label.values() for e in group[:k]]
+    return [e for group in shuffled_by_label(pool, seed).values() for e in group[:k]]

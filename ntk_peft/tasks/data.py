@@ -184,6 +184,18 @@ def _kshot_file(root: Path, task: TaskSpec, seed: int, stem: str) -> Path:
     return folder / f"{stem}.{task.extension}"
 
 
+def shuffled_by_label(pool: list[Example], seed: int) -> dict[int, list[Example]]:
+    """LM-BFF's shuffle (``numpy.random.seed(seed)``, shuffle the pool), grouped by label in order of first
+    appearance: the first k of each group are a k-shot sample."""
+    np.random.seed(seed)
+    lines = list(pool)
+    np.random.shuffle(lines)
+    by_label: dict[int, list[Example]] = {}
+    for example in lines:
+        by_label.setdefault(example.label, []).append(example)
+    return by_label
+
+
 def sample_kshot(pool: list[Example], k: int, seed: int, num_classes: int) -> tuple[list[Example], list[Example]]:
     """LM-BFF's k-shot sampling from a pool: (train, dev).
 
@@ -197,12 +209,7 @@ def sample_kshot(pool: list[Example], k: int, seed: int, num_classes: int) -> tu
             f"k={k} needs {2 * k} examples per class but the pool has {counts.tolist()} "
             f"per class; the largest possible k is {int(counts.min()) // 2}"
         )
-    np.random.seed(seed)
-    lines = list(pool)
-    np.random.shuffle(lines)
-    by_label: dict[int, list[Example]] = {}
-    for example in lines:
-        by_label.setdefault(example.label, []).append(example)
+    by_label = shuffled_by_label(pool, seed)
     train = [e for group in by_label.values() for e in group[:k]]
     dev = [e for group in by_label.values() for e in group[k : 2 * k]]
     return train, dev
