@@ -30,22 +30,27 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def input_feature_norms(model: nn.Module, targets: list[Target], calibration: dict) -> dict[str, torch.Tensor]:
-    """‖X_j‖₂ of each targeted layer's input features over a calibration batch.
+def input_feature_norms(model: nn.Module, targets: list[Target], calibration: dict | list[dict]
+                        ) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ of each targeted layer's input features over a calibration batch (or several).
 
     Args:
-        calibration: a prompt batch (``make_batch``); padding tokens are excluded.
+        calibration: a prompt batch (``make_batch``) or a list of them, whose
+            tokens are all counted; padding tokens are excluded.
 
     Returns:
         name -> ``[d_in]``.
     """
     from ntk_peft.models import label_logits
+    from ntk_peft.tasks import to_device
 
     sums: dict[str, torch.Tensor] = {}
-    keep = calibration["attention_mask"].bool()
+    batches = [calibration] if isinstance(calibration, dict) else list(calibration)
+    current: dict = {}
 
     def hook(name):
         def record(module, args):
+            keep = current["keep"]
             x = args[0][keep] if args[0].dim() == 3 and args[0].shape[:2] == keep.shape else args[0]
             sq = x.reshape(-1, x.shape[-1]).double().pow(2).sum(0)
             sums[name] = sums.get(name, 0) + sq
@@ -53,7 +58,11 @@ def input_feature_norms(model: nn.Module, targets: list[Target], calibration: di
 
     handles = [t.module.register_forward_pre_hook(hook(t.name)) for t in targets]
     try:
-        label_logits(model, calibration)
+        with torch.no_grad():
+            for batch in batches:
+                batch = to_device(batch, model)
+                current["keep"] = batch["attention_mask"].bool()
+                label_logits(model, batch)
     finally:
         for h in handles:
             h.remove()

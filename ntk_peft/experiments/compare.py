@@ -99,6 +99,7 @@ class SeedPlan:
     folder: Path
     store: KernelStore
     block_size: int = 16
+    calibration: list[dict] | None = None  # Wanda calibration prompts of wanda-* subsets (`wanda_calibration`)
 
     @property
     def eval_name(self) -> str:
@@ -109,7 +110,7 @@ class SeedPlan:
 
 def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k: int, seed: int, out: Path, *,
               max_eval: int | None = None, data_dir=None, block_size: int = 16, implementation: str = "fast",
-              prompt: dict | None = None) -> SeedPlan:
+              prompt: dict | None = None, calibration: list[dict] | None = None) -> SeedPlan:
     """Load one seed's split, block its prompts and open its store ``out/seed-<seed>``.
 
     The store's identity covers the train and dev prompts, not the evaluation set, so a rerun with
@@ -137,7 +138,7 @@ def plan_seed(model, tokenizer, model_name: str, task: str, names: list[str], k:
             "versions": {"ntk_peft": ntk_peft.__version__, "torch": torch.__version__,
                          "transformers": __import__("transformers").__version__}}
     return SeedPlan(seed, train, split.dev, evaluation, eval_order, batches, folder, KernelStore(folder, meta),
-                    block_size)
+                    block_size, calibration)
 
 
 @dataclass
@@ -195,7 +196,8 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     shared_f0 = {} if shared_f0 is None else shared_f0
     timing = {}
     start = time.perf_counter()
-    common = dict(subsets=names, implementation=implementation, store=plan.store, progress=progress)
+    common = dict(subsets=names, implementation=implementation, store=plan.store, progress=progress,
+                  calibration=plan.calibration)
     k_train, k_dev, flipped = {}, {}, {}
     for kernel in kernels:
         typed = dict(kernel=kernel, output=kernel_output(kernel, classes))
@@ -267,7 +269,8 @@ def score_with_kernels(model, fit: SeedFit, names: list[str], *, implementation:
     restore = torch.from_numpy(np.argsort(plan.eval_order))
     k_eval = {n: v.permute(1, 0, 3, 2)[restore] for n, v in
               kernel_blocks(model, plan.batches["train"], plan.batches["eval"], names, implementation,
-                            store=plan.store, name=plan.eval_name, progress=progress).items()}
+                            store=plan.store, name=plan.eval_name, progress=progress,
+                            calibration=plan.calibration).items()}
     if not distributed.is_main():  # the other ranks computed their share of the blocks
         return {}
     save_tensors(plan.folder / "eval_kernels.safetensors",  # [n_eval, n_train, C, C], eval in data order
@@ -286,6 +289,19 @@ def default_out(task: str, model_name: str, k: int, checkpoint: str | Path | Non
         path = Path(checkpoint).resolve()
         name += f"-ft-{path.parent.name if path.name in ('adapter', 'best') else path.name}"
     return Path("runs") / "ntk-compare" / name
+
+
+def wanda_calibration(tokenizer, task, names: list[str], k: int, seed: int, data_dir=None, block_size: int = 16,
+                      prompt: dict | None = None) -> list[dict] | None:
+    """The calibration prompts of ``wanda-*`` row/column subsets: the training prompts of the first seed.
+
+    One selection for every seed (a property of the model and task, like row 0), from prompts the
+    kernel models train on anyway, never the evaluation set. None when no subset needs one.
+    """
+    if not any(parse_spec(n).selection.startswith("wanda") for n in names):
+        return None
+    split = load_split(task, k, seed, data_dir)
+    return _blocks(tokenizer, get_task(task), split.train, block_size, prompt or {})
 
 
 def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
@@ -337,15 +353,17 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     model = model.to(distributed.device())  # this rank's GPU under nccl
     started = time.perf_counter()
     kernel_names = ["full", *[s for s in subsets if s != "full"]]
+    calibration = wanda_calibration(tokenizer, spec, kernel_names, k, seeds[0], data_dir, block_size, prompt)
     plan_options = dict(max_eval=max_eval, data_dir=data_dir, block_size=block_size, implementation=implementation,
-                        prompt=prompt)
+                        prompt=prompt, calibration=calibration)
     kernels_0: dict[int, dict] = {}
     if checkpoint is not None:  # the pretrained train kernels first (their own stores), then fold the adapter in
         for seed in seeds:
             plan = plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out / "pretrained",
                              **plan_options)
             kernels_0[seed] = kernel_blocks(model, plan.batches["train"], None, kernel_names, implementation,
-                                            store=plan.store, name="train", progress=progress)
+                                            store=plan.store, name="train", progress=progress,
+                                            calibration=plan.calibration)
         model = fold_adapter(model, checkpoint.adapter_folder).to(distributed.device())
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
@@ -353,7 +371,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     kernels_started = time.perf_counter()
     run_kernel_jobs([KernelJob(model, p.batches["train"], other, kernel_names, implementation, store=p.store,
                                name=store_name(name, kernel), kernel=kernel,
-                               output=kernel_output(kernel, len(spec.labels)))
+                               output=kernel_output(kernel, len(spec.labels)), calibration=calibration)
                      for kernel in kernel_types for p in plans
                      for name, other in (("train", None), ("dev", p.batches["dev"]))], progress=progress,
                     desc="kernel train and dev blocks")
@@ -373,14 +391,14 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
             typed, seconds = score_with_projections(
                 model, fits, kernel_names, folder, model_name=model_name, implementation=implementation,
                 progress=progress, kernel=kernel, output=kernel_output(kernel, len(spec.labels)),
-                keys={n: kernel_key(kernel, n) for n in kernel_names})
+                keys={n: kernel_key(kernel, n) for n in kernel_names}, calibration=calibration)
             timing["projections_recorded"] += seconds
             for accuracy, part in zip(accuracies, typed):
                 accuracy.update(part)
     else:
         if implementation == "fast" and len(plans) > 1:  # every seed scores the same eval blocks: record each once
             shared_cross_blocks(model, [CrossJob(p.store, p.batches["train"], p.eval_name) for p in plans],
-                                plans[0].batches["eval"], kernel_names, progress=progress)
+                                plans[0].batches["eval"], kernel_names, progress=progress, calibration=calibration)
         accuracies = [score_with_kernels(model, f, kernel_names, implementation=implementation, progress=progress)
                       for f in fits]
     if not distributed.is_main():  # rank 0 writes results.json; every rank returns it

@@ -25,11 +25,12 @@ import torch
 
 import ntk_peft
 from ntk_peft.ntk import KernelStore, batches_hash, capture, distributed, model_hash, parse_subsets, subset_params
-from ntk_peft.ntk.blocked import to_device, tokens
+from ntk_peft.ntk.blocked import tokens
 from ntk_peft.ntk.directions import gradient_directions, project_directions, reference_projection, subset_directions
 from ntk_peft.ntk.kernel_types import KernelType, direction_plan, output_map
 from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import tensor_hash
+from ntk_peft.tasks import to_device
 
 
 def _weights(fits, names: list[str], keys: dict[str, str]) -> dict[str, list[torch.Tensor]]:
@@ -56,7 +57,7 @@ def _store(folder: Path, model, model_name: str, fits, names: list[str], weights
 def score_with_projections(model, fits, names: list[str], folder: Path, *, model_name: str,
                            implementation: str = "fast", targets="all", seed: int = 0,
                            progress: bool = True, kernel: str = "ntk", output: str = "labels",
-                           keys: dict[str, str] | None = None) -> tuple[list[dict[str, float]], float]:
+                           keys: dict[str, str] | None = None, calibration=None) -> tuple[list[dict[str, float]], float]:
     """Eval accuracy per seed and kernel from projections; returns (accuracies, compute seconds recorded).
 
     The directions (one backward pass over a seed's training prompts per seed and kernel) are
@@ -69,7 +70,7 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
         fits: `SeedFit` per seed (same evaluation set and blocks).
         names: kernel names (subset specs), as fitted.
         folder: where the projection blocks are kept.
-        targets, seed: as in `kernel_blocks` (the same subsets the kernels were of).
+        targets, seed, calibration: as in `kernel_blocks` (the same subsets the kernels were of).
         kernel, output: the kernel type and output the models were fitted on.
         keys: subset -> the fitted model's name in ``fit.models`` (default: the subset).
         Accuracies are keyed like ``keys``' values.
@@ -99,7 +100,8 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
 
     def subsets():
         if "subsets" not in state:
-            state["subsets"] = {str(s): subset_params(model, s, targets, seed) for s in parse_subsets(names)}
+            state["subsets"] = {str(s): subset_params(model, s, targets, seed, calibration)
+                                  for s in parse_subsets(names)}
         return state["subsets"]
 
     def compute_direction(block: Block) -> dict[str, torch.Tensor]:

@@ -27,6 +27,7 @@ from ntk_peft.ntk.reference import reference_jacobian
 from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash, tensor_hash
 from ntk_peft.ntk.subsets import SubsetParams, parse_subsets, subset_params
+from ntk_peft.tasks.batch import to_device
 
 # Recorded captures kept for reuse within one `kernel_blocks` call (each is ~1.1 GB for 16 SmolLM2-135M prompts).
 DEFAULT_CACHE_BYTES = 4 << 30
@@ -72,14 +73,6 @@ def _nbytes(value) -> int:
     if hasattr(value, "nbytes"):
         return int(value.nbytes)
     return sum(t.numel() * t.element_size() for t in value)  # a list of reference Jacobians
-
-
-def to_device(batch: dict, model: nn.Module) -> dict:
-    """The batch's tensors on the model's device (the batch itself when they are there already)."""
-    device = next(model.parameters()).device
-    if all(v.device == device for v in batch.values() if isinstance(v, torch.Tensor)):
-        return batch
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def tokens(batch: dict) -> int:
@@ -183,7 +176,7 @@ class KernelJob:
                  subsets=("full", "row1"), implementation="fast", *, store: KernelStore | None = None,
                  name: str = "kernel", targets="all", seed: int = 0, linear_method: str = "auto",
                  kernel: str | KernelType = KERNEL_TYPE, output: str = "labels",
-                 outputs: OutputFunction | None = None):
+                 outputs: OutputFunction | None = None, calibration=None):
         self.model, self.left, self.linear_method, self.outputs = model, batches1, linear_method, outputs
         self.implementation = NtkImplementation.parse(implementation)
         self.kernel = KernelType.parse(kernel)
@@ -192,7 +185,7 @@ class KernelJob:
         self.names = [str(s) for s in specs]
         self.symmetric = batches2 is None
         self.right = batches1 if self.symmetric else batches2
-        self.resolved = [subset_params(model, s, targets, seed) for s in specs]
+        self.resolved = [subset_params(model, s, targets, seed, calibration) for s in specs]
         self.store = MemoryStore() if store is None else store
         self.name = name
         self.store.claim(name, kernel_identity(model, self.resolved, batches1, batches2, self.implementation,
@@ -253,7 +246,7 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
                   name: str = "kernel", targets="all", seed: int = 0, progress: bool = True,
                   linear_method: str = "auto", cache_bytes: int = DEFAULT_CACHE_BYTES,
                   kernel: str | KernelType = KERNEL_TYPE, output: str = "labels",
-                  outputs: OutputFunction | None = None) -> dict[str, torch.Tensor]:
+                  outputs: OutputFunction | None = None, calibration=None) -> dict[str, torch.Tensor]:
     """Kernels between every example of ``batches1`` and of ``batches2`` (or batches1).
 
     Inside an initialised torch.distributed process group the block pairs are
@@ -265,7 +258,8 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         model: the model.
         batches1, batches2: lists of prompt batches (blocks); None for the
             symmetric kernel of batches1.
-        subsets, implementation, targets, seed, linear_method, kernel, output, outputs: as `empirical_ntk`.
+        subsets, implementation, targets, seed, linear_method, kernel, output, outputs, calibration: as
+            `empirical_ntk`.
         store: where finished block pairs are kept (and found on a rerun);
             the kernel's identity is recorded there under ``name``.
         name: this kernel's name in the store (``train``, ``eval`` ...).
@@ -280,7 +274,8 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
         UserError: the store holds a kernel ``name`` of other inputs.
     """
     job = KernelJob(model, batches1, batches2, subsets, implementation, store=store, name=name, targets=targets,
-                    seed=seed, linear_method=linear_method, kernel=kernel, output=output, outputs=outputs)
+                    seed=seed, linear_method=linear_method, kernel=kernel, output=output, outputs=outputs,
+                    calibration=calibration)
     run_kernel_jobs([job], progress=progress, desc=f"eNTK {name} blocks", cache_bytes=cache_bytes)
     return job.result()
 
@@ -297,7 +292,7 @@ class CrossJob:
 def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict], subsets=("full", "row1"), *,
                         targets="all", seed: int = 0, linear_method: str = "auto",
                         cache_bytes: int = 8 << 30, progress: bool = True, kernel: str | KernelType = KERNEL_TYPE,
-                        output: str = "labels") -> None:
+                        output: str = "labels", calibration=None) -> None:
     """Fill several stores' cross kernels against the same right-hand blocks, recording each right block once.
 
     The seeds of a k-shot study share their evaluation set: computed one seed at a time, every
@@ -310,7 +305,7 @@ def shared_cross_blocks(model: nn.Module, jobs: list[CrossJob], right: list[dict
     """
     specs = parse_subsets(subsets)
     names = [str(s) for s in specs]
-    resolved = [subset_params(model, s, targets, seed) for s in specs]
+    resolved = [subset_params(model, s, targets, seed, calibration) for s in specs]
     kernel = KernelType.parse(kernel)
     kernels = BlockKernels(model, names, resolved, NtkImplementation.FAST, kernel, output, linear_method)
     for job in jobs:

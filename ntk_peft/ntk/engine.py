@@ -11,7 +11,7 @@ from ntk_peft.ntk.blocked import kernel_blocks
 def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, subsets=("full", "row1"),
                   implementation="fast", *, targets="all", seed: int = 0,
                   linear_method: str = "auto", kernel: str = "ntk", output: str = "labels",
-                  outputs=None) -> dict[str, torch.Tensor]:
+                  outputs=None, calibration=None) -> dict[str, torch.Tensor]:
     """Empirical NTKs (or SignGD kernels) of the label-logit function (or any output function) over subsets.
 
     Args:
@@ -32,6 +32,8 @@ def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, su
             model (`ntk_peft.ntk.outputs`; e.g. `sequence_logits` for a
             classification head); batches are then any dicts of tensors.
             Default: the label-word logits of an LM prompt batch.
+        calibration: a prompt batch (or list of them) whose input activations give
+            ``row``/``col`` subsets with a ``wanda-*`` selection their Wanda scores.
 
     Returns:
         subset name -> K ``[n1, n2, O, O]`` float64 (O = C, or 1 for the
@@ -43,7 +45,7 @@ def empirical_ntk(model: nn.Module, batch1: dict, batch2: dict | None = None, su
     """
     return kernel_blocks(model, [batch1], None if batch2 is None else [batch2], subsets, implementation,
                          targets=targets, seed=seed, progress=False, linear_method=linear_method, kernel=kernel,
-                         output=output, outputs=outputs)
+                         output=output, outputs=outputs, calibration=calibration)
 
 
 __all__ = ["empirical_ntk"]

@@ -71,7 +71,10 @@ def parse_subsets(subsets) -> list[AdapterSpec]:
 
 def subset_params(model: nn.Module, spec: AdapterSpec, targets="all", seed: int = 0,
                   calibration: dict | None = None) -> SubsetParams:
-    """Resolve a subset into the parameters the kernel differentiates."""
+    """Resolve a subset into the parameters the kernel differentiates.
+
+    ``calibration``: a prompt batch, or a list of them, for ``wanda-*`` row/column selections.
+    """
     if spec.kind == "full":
         return SubsetParams(spec, model, dict(model.named_parameters()))
     if spec.kind == "linear":

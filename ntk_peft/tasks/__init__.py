@@ -1,6 +1,6 @@
 """Few-shot tasks: the 15 LM-BFF tasks and your own (`custom_task`), data loading, k-shot splits, prompts."""
 
-from ntk_peft.tasks.batch import iter_batches, make_batch, prompt_mode, slice_batch
+from ntk_peft.tasks.batch import iter_batches, make_batch, prompt_mode, slice_batch, to_device
 from ntk_peft.tasks.custom import custom_task, is_custom_path
 from ntk_peft.tasks.data import Example, Split, load_split, resolve_data_dir, sample_kshot
 from ntk_peft.tasks.registry import TASKS, TaskSpec, get_task, register_task, task_names
@@ -28,4 +28,5 @@ __all__ = [
     "sample_kshot",
     "slice_batch",
     "task_names",
+    "to_device",
 ]

@@ -170,3 +170,11 @@ def slice_batch(batch: dict[str, torch.Tensor], rows) -> dict[str, torch.Tensor]
     """The examples ``rows`` of a batch (``label_token_ids`` is shared, kept whole)."""
     rows = torch.as_tensor(rows, dtype=torch.long)
     return {key: value if key == "label_token_ids" else value[rows] for key, value in batch.items()}
+
+
+def to_device(batch: dict, model: torch.nn.Module) -> dict:
+    """The batch's tensors on the model's device (the batch itself when they are there already)."""
+    device = next(model.parameters()).device
+    if all(v.device == device for v in batch.values() if isinstance(v, torch.Tensor)):
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

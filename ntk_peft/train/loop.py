@@ -101,7 +101,7 @@ def _write_json(path: Path, value) -> None:
 def _accuracy(model, tokenizer, spec, examples, batch_size: int, desc: str | None = None) -> float:
     """Accuracy of the model's label logits; a tqdm bar labelled ``desc`` when given (the final evaluation)."""
     from ntk_peft.models import label_logits
-    from ntk_peft.tasks import make_batch
+    from ntk_peft.tasks import make_batch, to_device
 
     was_training = model.training
     model.eval()
@@ -109,8 +109,8 @@ def _accuracy(model, tokenizer, spec, examples, batch_size: int, desc: str | Non
     bar = tqdm(total=len(examples), desc=desc, unit="ex", disable=desc is None, leave=False)
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        logits = label_logits(model, make_batch(tokenizer, spec, chunk))
-        correct += int((logits.argmax(1) == torch.tensor([e.label for e in chunk])).sum())
+        logits = label_logits(model, to_device(make_batch(tokenizer, spec, chunk), model))
+        correct += int((logits.argmax(1).cpu() == torch.tensor([e.label for e in chunk])).sum())
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
@@ -123,7 +123,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
 
     from ntk_peft.adapters import apply_adapter, parse_spec
     from ntk_peft.models import label_logits, load_model
-    from ntk_peft.tasks import get_task, load_split, make_batch
+    from ntk_peft.tasks import get_task, load_split, make_batch, to_device
 
     config.validate()
     spec = get_task(config.task)
@@ -199,7 +199,7 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
         epoch, position = divmod(step, steps_per_epoch)
         order = _order(len(train_examples), config.seed, epoch)
         chunk = [train_examples[i] for i in order[position * config.batch_size:(position + 1) * config.batch_size]]
-        batch = make_batch(tokenizer, spec, chunk)
+        batch = to_device(make_batch(tokenizer, spec, chunk), model)  # the model's device: a GPU rank's own
         step_started = time.perf_counter()
         logits = label_logits(model, batch)
         loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])

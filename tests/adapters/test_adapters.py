@@ -320,3 +320,21 @@ def test_ia3_output_scaling_with_and_without_the_bias_against_a_dense_reference(
     check_merge_unmerge(adapter, x)
     feedforward = IA3Adapter(linear(5, 4, bias=True), feedforward=True, scale_bias=True)
     assert feedforward.delta_bias() is None  # input scaling leaves the bias alone in both conventions
+
+
+def test_wanda_norms_of_several_batches_are_those_of_their_union():
+    """A list of calibration batches counts every real token once, whatever the padding of each batch."""
+    from ntk_peft.adapters import input_feature_norms, resolve_targets
+    from ntk_peft.tasks import load_split, make_batch
+
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=0)
+    examples = load_split("sst2", 4, 13).train
+    targets = resolve_targets(model, "all")
+    whole = input_feature_norms(model, targets, make_batch(tok, "sst2", examples))
+    parts = input_feature_norms(model, targets, [make_batch(tok, "sst2", examples[:3]),
+                                                 make_batch(tok, "sst2", examples[3:])])
+    single = input_feature_norms(model, targets, make_batch(tok, "sst2", examples[:1]))
+    assert set(whole) == set(parts) == {t.name for t in targets}
+    for name in whole:
+        torch.testing.assert_close(parts[name], whole[name], rtol=1e-12, atol=0)
+        assert (single[name] < whole[name]).any()  # more tokens, larger norms: the union is really summed

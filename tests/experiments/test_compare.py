@@ -311,3 +311,29 @@ def test_asymmetric_kernel_on_a_multiclass_task_is_one_line(capsys, tmp_path):
                         "--model", "tiny-llama", "--out", str(tmp_path / "x"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "AsK-LS) is for two classes; MNLI has 3" in err
+
+
+def test_wanda_subsets_select_rows_on_the_first_seeds_training_prompts(tmp_path):
+    """``row1:wanda-max`` in ntk-compare: one selection (Wanda scores of seed 13's training prompts) for
+    every seed; seed 21's stored kernel equals a direct reference eNTK with that calibration."""
+    from safetensors.torch import load_file
+
+    from ntk_peft import load_model
+    from ntk_peft.adapters import apply_adapter
+    from ntk_peft.ntk import empirical_ntk
+    from ntk_peft.tasks import load_split, make_batch
+
+    results = run_compare("sst2", ["row1:wanda-max", "col1:random"], k=4, seeds=[13, 21], model_name="tiny-llama",
+                          max_eval=9, out=tmp_path, block_size=4, progress=False)
+    assert results["subsets"] == ["full", "row1:wanda-max", "col1:random"]
+    assert set(results["summary"]["relative_difference"]) == {"row1:wanda-max", "col1:random"}
+    model, tok = load_model("tiny-llama")
+    calibration = make_batch(tok, "sst2", load_split("sst2", 4, 13).train)
+    rows = {n: layer.rows.tolist() for n, layer in
+            apply_adapter(load_model("tiny-llama")[0], "row1:wanda-max", calibration=calibration).layers.items()}
+    assert any(r != [0] for r in rows.values())  # not row 0: the selection really depends on the scores
+    train = sorted(load_split("sst2", 4, 21).train, key=lambda e: e.label)
+    direct = empirical_ntk(model, make_batch(tok, "sst2", train), subsets=["row1:wanda-max"],
+                           implementation="reference", calibration=calibration)["row1:wanda-max"]
+    saved = load_file(str(tmp_path / "seed-21" / "train_kernels.safetensors"))["K/row1:wanda-max"]
+    assert (saved - direct).abs().max() <= 1e-5 * direct.abs().max()
