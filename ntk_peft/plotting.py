@@ -23,7 +23,7 @@ def kernel_label(name: str) -> str:
 
 
 def kernel_heatmaps(kernels: dict[str, np.ndarray], labels: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """One heatmap per kernel, train examples sorted by class.
+    """One heatmap per kernel ``[n, n, C, C]``, train examples sorted by class.
 
     Shown: for two classes the kernel of the logit difference f_1 − f_0
     (K11 − K10 − K01 + K00, the kernel binary KLR uses), else Σ_c K[i, j, c, c].
@@ -32,18 +32,27 @@ def kernel_heatmaps(kernels: dict[str, np.ndarray], labels: np.ndarray, path: st
     """
     from ntk_peft.solvers.estimators import scalar_kernel
 
+    return scalar_heatmaps({name: scalar_kernel(np.asarray(kernel)) for name, kernel in kernels.items()}, labels,
+                           path, title)
+
+
+def scalar_heatmaps(matrices: dict[str, np.ndarray], labels: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """`kernel_heatmaps` of kernels already reduced to ``[n, n]`` (`scalar_kernel`): for two classes the
+    logit difference's, else the trace over classes."""
     plt = _pyplot()
+    labels = np.asarray(labels)
     order = np.argsort(labels, kind="stable")
     boundaries = np.flatnonzero(np.diff(labels[order])) + 0.5
-    fig, axes = plt.subplots(1, len(kernels), figsize=(4.2 * len(kernels), 4.0), squeeze=False)
-    for ax, (name, kernel) in zip(axes[0], kernels.items()):
-        matrix = scalar_kernel(np.asarray(kernel))[np.ix_(order, order)]
+    reduction = " (logit difference)" if len(np.unique(labels)) <= 2 else " (trace)"
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 4.0), squeeze=False)
+    for ax, (name, matrix) in zip(axes[0], matrices.items()):
+        matrix = np.asarray(matrix)[np.ix_(order, order)]
         cap = np.percentile(np.abs(matrix), 95)
         image = ax.imshow(np.clip(matrix, -cap, cap), cmap="RdBu_r", vmin=-cap, vmax=cap, interpolation="nearest")
         for b in boundaries:
             ax.axhline(b, color="white", lw=0.8)
             ax.axvline(b, color="white", lw=0.8)
-        ax.set_title(kernel_label(name) + (" (logit difference)" if np.asarray(kernel).shape[2] == 2 else " (trace)"))
+        ax.set_title(kernel_label(name) + reduction)
         ax.set_xlabel("train example (sorted by class)")
         ax.set_ylabel("train example (sorted by class)")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -59,11 +68,19 @@ def kernel_spectra(kernels: dict[str, np.ndarray], path: str | Path, title: str 
     """Eigenvalues (descending, log scale) of each flattened train kernel, scaled by the largest."""
     from ntk_peft.analysis import eigenvalues
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    spectra = {}
     for name, kernel in kernels.items():
         values = eigenvalues(kernel)
-        values = np.clip(values / values[0], 1e-16, None)
+        spectra[name] = values / values[0]
+    return spectra_plot(spectra, path, title)
+
+
+def spectra_plot(spectra: dict[str, np.ndarray], path: str | Path, title: str = "") -> Path:
+    """`kernel_spectra` of eigenvalues already scaled by the largest (descending)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for name, values in spectra.items():
+        values = np.clip(np.asarray(values, dtype=float), 1e-16, None)
         ax.semilogy(np.arange(1, len(values) + 1), values, marker=".", label=kernel_label(name))
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("eigenvalue / largest eigenvalue")

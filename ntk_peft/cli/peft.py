@@ -11,6 +11,10 @@
 - ``ntk-peft figures [--results runs] [--out DIR] [--quick] [--kernels DIR] [--train-run DIR ...]
   [--bounds DIR]``: every figure of the toolkit from results folders, computing what is missing
   (see `ntk_peft.experiments.figures`).
+- ``ntk-peft study rocoft [--tasks all|single|pair|T,T] [--k 16,64] [--seeds ...] [--fine-tune full,lora1,row1|none]
+  [--status | --report]``: RoCoFT's tables 5 and 6 as a resumable queue of ntk-compare and fine-tuning
+  runs (torchrun shares it over ranks), results and README under results/rocoft-smollm2
+  (see `ntk_peft.experiments.rocoft_study`).
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
   a model, so later runs start fast.
 - ``ntk-peft bounds [--layers 0,15,29] [--types q,k,v,o,gate,up,down] [--run DIR ...]
@@ -125,6 +129,29 @@ def build_parser() -> Parser:
     figs.add_argument("--train-run", action="append", default=None,
                       help="use this tracked training run for the ΔW figures (repeatable)")
     figs.add_argument("--bounds", default=None, help="use this ntk-peft bounds folder for the error curves")
+
+    study = sub.add_parser("study", help="long studies as resumable queues (rocoft: RoCoFT tables 5 and 6)")
+    studies = study.add_subparsers(dest="study", required=True, parser_class=Parser)
+    rocoft = studies.add_parser("rocoft", help="RoCoFT tables 5 and 6: kernels and fine-tuning on 13 tasks")
+    rocoft.add_argument("--tasks", default="all", help="all, single, pair, or comma-separated tasks (default all)")
+    rocoft.add_argument("--k", type=_int_list, default=[16, 64], help="examples per class (default 16,64)")
+    rocoft.add_argument("--seeds", type=_int_list, default=None, help="default 13,21,42,87,100")
+    rocoft.add_argument("--fine-tune", default="full,lora1,row1",
+                        help="adapters fine-tuned per task and seed: full,lora1,row1 (default) or none")
+    rocoft.add_argument("--no-ablation", action="store_true",
+                        help="leave out the row/column-selection kernels (row1/col1 :random, :wanda-max)")
+    rocoft.add_argument("--max-eval", type=int, default=1000,
+                        help="evaluation examples (a fixed random subset, seed 0; default 1000; 0: all)")
+    rocoft.add_argument("--epochs", type=positive_int, default=10, help="fine-tuning epochs (default 10)")
+    rocoft.add_argument("--model", default="smollm2-135m")
+    rocoft.add_argument("--runs", default="runs/rocoft", help="kernel stores and run folders (default runs/rocoft)")
+    rocoft.add_argument("--results", default="results/rocoft-smollm2",
+                        help="committable results, README and figures (default results/rocoft-smollm2)")
+    rocoft.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
+    what = rocoft.add_mutually_exclusive_group()
+    what.add_argument("--status", action="store_true", help="list the queue and what is done; run nothing")
+    what.add_argument("--report", action="store_true",
+                      help="only redraw the README tables and figures from the results folder")
 
     prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
     add_model_options(prep)
@@ -316,6 +343,59 @@ def _figures(args) -> int:
     return 0
 
 
+def _study(args) -> int:
+    from pathlib import Path
+
+    from ntk_peft.experiments.compare import DEFAULT_SEEDS
+    from ntk_peft.experiments.rocoft_report import write_report
+    from ntk_peft.experiments.rocoft_study import (
+        StudyConfig,
+        job_done,
+        parse_fine_tune,
+        parse_tasks,
+        run_study,
+        study_jobs,
+    )
+    from ntk_peft.ntk import distributed
+
+    if args.max_eval < 0:
+        raise UserError(f"--max-eval must be 0 (all) or positive, got {args.max_eval}")
+    config = StudyConfig(tasks=parse_tasks(args.tasks), ks=list(dict.fromkeys(args.k)),
+                         seeds=args.seeds or list(DEFAULT_SEEDS), fine_tune=parse_fine_tune(args.fine_tune),
+                         ablation=not args.no_ablation, model=args.model, max_eval=args.max_eval or None,
+                         epochs=args.epochs, runs=Path(args.runs), results=Path(args.results), data_dir=args.data_dir)
+    if min(config.ks) < 1:
+        raise UserError(f"--k takes positive integers, got {args.k}")
+    check_output_dir(config.results)
+    if args.report:
+        print(f"report: {write_report(config.results)}")
+        return 0
+    jobs = study_jobs(config)
+    if args.status:
+        for job in jobs:
+            print(f"{'done   ' if job_done(job, config) else 'pending'}  {job.describe()}")
+        print(f"{sum(job_done(j, config) for j in jobs)} of {len(jobs)} jobs done; results in {config.results}")
+        return 0
+    check_output_dir(config.runs)
+    from ntk_peft.tasks import load_split
+
+    for job in jobs:  # every split loads before the long work starts
+        if job.kind == "kernels":
+            for seed in config.seeds:
+                load_split(job.task, job.k, seed, config.data_dir)
+    launched = distributed.init_from_env()
+    finished = False
+    try:
+        done = run_study(config, after_each=lambda _: write_report(config.results))
+        finished = True
+    finally:
+        if launched:
+            distributed.shutdown(wait=finished)
+    if distributed.is_main():
+        print(f"{len(done)} jobs run; report: {write_report(config.results)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "zeroshot":
@@ -328,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
         return _bounds(args)
     if args.command == "figures":
         return _figures(args)
+    if args.command == "study":
+        return _study(args)
     from ntk_peft.models import load_model
 
     model, _ = load_model(args.model, dtype=args.dtype)

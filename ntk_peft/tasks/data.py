@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -201,14 +202,20 @@ def sample_kshot(pool: list[Example], k: int, seed: int, num_classes: int) -> tu
 
     ``numpy.random.seed(seed)``, shuffle the pool, then per label (in order of
     first appearance after shuffling) the first k examples are train and the
-    next k are dev, as in LM-BFF's ``tools/generate_k_shot_data.py``.
+    next k are dev, as in LM-BFF's ``tools/generate_k_shot_data.py``. As there,
+    a class with fewer than 2k examples gets all it has left as dev (a warning
+    says so; TREC's ABBR at k = 64); fewer than k cannot fill train and is refused.
     """
     counts = np.bincount([e.label for e in pool], minlength=num_classes)
-    if counts.min() < 2 * k:
+    if counts.min() < k:
         raise UserError(
-            f"k={k} needs {2 * k} examples per class but the pool has {counts.tolist()} "
-            f"per class; the largest possible k is {int(counts.min()) // 2}"
+            f"k={k} needs {k} examples per class (train) but the pool has {counts.tolist()} "
+            f"per class; the largest possible k is {int(counts.min())}"
         )
+    short = [label for label, count in enumerate(counts) if count < 2 * k]
+    if short:
+        warnings.warn(f"k={k}: class(es) {short} have fewer than {2 * k} pool examples ({counts.tolist()} per "
+                      f"class), so their dev examples are fewer than {k} (as LM-BFF's sampling gives)", stacklevel=2)
     by_label = shuffled_by_label(pool, seed)
     train = [e for group in by_label.values() for e in group[:k]]
     dev = [e for group in by_label.values() for e in group[k : 2 * k]]

@@ -115,7 +115,7 @@ def test_projections_score_exactly_as_the_eval_kernels(tmp_path, task, solver):
     (["--task", "sst7", "--subset", "row1"], "unknown task 'sst7'"),
     (["--task", "sst2", "--subset", "row0"], "bad adapter spec 'row0'"),
     (["--task", "sst2", "--subset", "row1", "--seeds", "1,x"], "seeds must be comma-separated integers"),
-    (["--task", "trec", "--subset", "row1", "--k", "64"], "the largest possible k is 37"),
+    (["--task", "trec", "--subset", "row1", "--k", "80"], "the largest possible k is 75"),
 ])
 def test_bad_input_is_one_line_and_status_2(capsys, tmp_path, argv, match):
     code, _, err = _run(capsys, *argv, "--model", "tiny-bert", "--out", str(tmp_path / "x"))

@@ -98,14 +98,27 @@ def test_load_split_returns_fresh_lists():
 
 
 def test_k_larger_than_pool_allows_is_a_user_error():
-    with pytest.raises(UserError, match="largest possible k is 37"):
-        load_split("trec", k=64)  # trec's smallest class has 75 examples
+    with pytest.raises(UserError, match="largest possible k is 75"):
+        load_split("trec", k=76)  # trec's smallest class (ABBR) has 75 examples
+
+
+def test_a_class_short_of_2k_gets_a_short_dev_as_in_lm_bff():
+    """TREC at k = 64: ABBR has 75 pool examples, so 64 train and the 11 left as dev (LM-BFF's slicing)."""
+    with pytest.warns(UserWarning, match="fewer than 128 pool examples"):
+        split = load_split("trec", k=64, seed=21)
+    train = np.bincount([e.label for e in split.train])
+    dev = np.bincount([e.label for e in split.dev])
+    assert train.tolist() == [64] * 6
+    assert dev.tolist() == [64, 64, 11, 64, 64, 64]
+    assert not {e.id for e in split.train} & {e.id for e in split.dev}
 
 
 def test_sample_kshot_rejects_small_pool():
     pool = [Example(str(i), "x", None, i % 2) for i in range(6)]
-    with pytest.raises(UserError, match="needs 8 examples per class"):
+    with pytest.raises(UserError, match="needs 4 examples per class"):
         sample_kshot(pool, 4, 0, 2)
+    train, dev = sample_kshot(pool, 2, 0, 2)  # 3 per class: 2 train, 1 dev each
+    assert len(train) == 4 and len(dev) == 2
 
 
 def test_data_dir_resolution(tmp_path, monkeypatch, data_dir):

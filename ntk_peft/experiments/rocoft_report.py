@@ -1,0 +1,217 @@
+"""The RoCoFT study's report: tables 5 and 6, the selection ablation and the figures, from its results folder.
+
+`report_section(folder)` is the README's generated part, a pure function of the committed files
+(``<TASK>-k<k>/results.json``, ``fine_tuning.json``; see `ntk_peft.experiments.rocoft_study`), so a
+test regenerates it bit for bit. Every cell is ours, then RoCoFT's RoBERTa-base value in brackets;
+a cell whose runs are not finished says ``pending`` (or how many seeds it has), never a number from
+elsewhere. `write_report(folder)` rewrites that part of README.md and redraws the figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS, TABLE5, TABLE6
+from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, FINE_TUNING_LR, TABLE_SUBSETS
+from ntk_peft.io import write_text
+
+BEGIN = "<!-- BEGIN GENERATED: python figures/rocoft_study.py results/rocoft-smollm2 (do not edit by hand) -->"
+END = "<!-- END GENERATED -->"
+KS = (16, 64)
+FINE_TUNING_NAMES = {"full": "Full FT", "lora1": "LoRA-1 FT", "row1": "Row-1 FT"}
+
+
+def load_study(folder: str | Path) -> dict[tuple[str, int], dict]:
+    """(task, k) -> ``{"results": ..., "fine_tuning": ...}`` (either may be missing) for every task folder."""
+    study: dict[tuple[str, int], dict] = {}
+    for task in (*SINGLE_TASKS, *PAIR_TASKS):
+        for k in KS:
+            entry = {}
+            for name in ("results", "fine_tuning"):
+                path = Path(folder) / f"{task}-k{k}" / f"{name}.json"
+                if path.is_file():
+                    entry[name] = json.loads(path.read_text())
+            if entry:
+                study[task, k] = entry
+    return study
+
+
+def _mean_std(values: list[float], scale: float, digits: int) -> str:
+    std = float(np.std(values)) if len(values) > 1 else 0.0
+    return f"{np.mean(values) * scale:.{digits}f} ({std * scale:.{digits}f})"
+
+
+def _seeds_note(count: int, expected: int) -> str:
+    return "" if count == expected else f" n={count}"
+
+
+def fine_tuning_accuracy(entry: dict | None, adapter: str) -> str:
+    """Our fine-tuning accuracy (%) of one adapter over the seeds run so far (``n=`` when not all are)."""
+    runs = (entry or {}).get("fine_tuning", {}).get("runs", {}).get(adapter, {})
+    if not runs:
+        return "pending"
+    expected = len(entry["results"]["seeds"]) if "results" in entry else 5
+    return _mean_std([r["eval_accuracy"] for r in runs.values()], 100, 1) + _seeds_note(len(runs), expected)
+
+
+def kernel_accuracy(entry: dict | None, name: str) -> str:
+    """Our kernel model's accuracy (%) over seeds; ``name`` is a kernel subset or ``zeroshot``."""
+    values = [r["accuracy"][name] for r in (entry or {}).get("results", {}).get("per_seed", [])
+              if name in r["accuracy"]]
+    return _mean_std(values, 100, 1) if values else "pending"
+
+
+def difference_cell(entry: dict | None, subset: str, p: int, task: str) -> str:
+    """Our relative difference ‖K_S/‖K_S‖_p − K/‖K‖_p‖_p (k = 16) then the paper's."""
+    paper = TABLE6.get(subset, {}).get(p, {}).get(task)
+    ours = "pending"
+    if entry is not None and "results" in entry:
+        values = [r["relative_difference"][subset][f"p{p}"] for r in entry["results"]["per_seed"]
+                  if subset in r["relative_difference"]]
+        if values:
+            ours = _mean_std(values, 1, 3)
+    return ours if paper is None else f"{ours} [{paper}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+# Table 5's rows: (label, where ours comes from, which of our results, the paper's method or None).
+TABLE5_ROWS = (
+    *[(FINE_TUNING_NAMES[a], "fine_tuning", a, "finetune" if a == "full" else None) for a in FINE_TUNING_LR],
+    *[("K_θ (full)" if s == "full" else f"K_{s}", "kernels", s, s) for s in TABLE_SUBSETS],
+    ("zero-shot", "kernels", "zeroshot", None),
+)
+
+
+def table5(study: dict, k: int, tasks: tuple[str, ...]) -> list[str]:
+    """Table 5 for ``tasks`` at ``k``: accuracy % mean (std) over seeds [the paper's, ``-`` if none]."""
+    rows = []
+    for label, source, name, paper in TABLE5_ROWS:
+        cells = []
+        for task in tasks:
+            entry = study.get((task, k))
+            ours = fine_tuning_accuracy(entry, name) if source == "fine_tuning" else kernel_accuracy(entry, name)
+            cells.append(ours if paper is None else f"{ours} [{TABLE5[k].get(paper, {}).get(task, '-')}]")
+        rows.append([label, *cells])
+    return _table([f"k = {k}", *tasks], rows)
+
+
+def table6(study: dict, tasks: tuple[str, ...]) -> list[str]:
+    """Table 6 (k = 16): relative differences of K_row1, K_col1 and K_lora1 to K_θ, p = 1, 2 [paper]."""
+    rows = [[f"K_{s}, p={p}", *[difference_cell(study.get((t, 16)), s, p, t) for t in tasks]]
+            for s in TABLE_SUBSETS if s != "full" for p in (1, 2)]
+    return _table(["k = 16", *tasks], rows)
+
+
+def ablation_table(study: dict) -> list[str]:
+    """Row/column selection at k = 16: accuracy % and relative difference (p = 2) per selection."""
+    subsets = ["row1", *[s for s in ABLATION_SUBSETS if s.startswith("row")], "col1",
+               *[s for s in ABLATION_SUBSETS if s.startswith("col")]]
+    header = ["task", *[f"{'row1:first' if s == 'row1' else 'col1:first' if s == 'col1' else s} acc / p=2"
+                        for s in subsets]]
+    rows = []
+    for task in (*SINGLE_TASKS, *PAIR_TASKS):
+        entry = study.get((task, 16))
+        cells = []
+        for s in subsets:
+            accuracy = kernel_accuracy(entry, s)
+            difference = difference_cell(entry, s, 2, task).split(" [")[0]
+            cells.append("pending" if accuracy == "pending" else f"{accuracy} / {difference}")
+        rows.append([task, *cells])
+    return _table(header, rows)
+
+
+def cost(entry: dict) -> tuple[float, float]:
+    """(kernel hours, fine-tuning hours) recorded in a task's files: the compute seconds stored with the
+    kernel and projection blocks, and each run's training seconds (its evaluation passes not counted)."""
+    kernels = 0.0
+    if "results" in entry:
+        timing = entry["results"]["timing_s"]
+        kernels = timing.get("kernels_recorded", 0.0) + timing.get("projections_recorded", 0.0)
+    runs = entry.get("fine_tuning", {}).get("runs", {})
+    training = sum(r["train_seconds"] for adapter in runs.values() for r in adapter.values())
+    return kernels / 3600, training / 3600
+
+
+def status_table(study: dict) -> list[str]:
+    """What is finished, per task and k, and the CPU hours its files record."""
+    rows, totals = [], [0.0, 0.0]
+    for k in KS:
+        for task in (*SINGLE_TASKS, *PAIR_TASKS):
+            entry = study.get((task, k))
+            if entry is None:
+                rows.append([task, str(k), "pending", "0", "-", "-"])
+                continue
+            results = entry.get("results")
+            runs = entry.get("fine_tuning", {}).get("runs", {})
+            done = ", ".join(f"{a} {len(runs[a])}" for a in FINE_TUNING_LR if a in runs) or "0"
+            hours = cost(entry)
+            totals[0] += hours[0]
+            totals[1] += hours[1]
+            evaluated = str(results["per_seed"][0]["n_eval"]) if results else "-"
+            rows.append([task, str(k), f"{len(results['seeds'])} seeds" if results else "pending", done, evaluated,
+                         f"{hours[0]:.2f} + {hours[1]:.2f}"])
+    rows.append(["all", "", "", "", "", f"{totals[0]:.2f} + {totals[1]:.2f} = {sum(totals):.2f}"])
+    return _table(["task", "k", "kernels", "fine-tuning runs (adapter seeds)", "n eval", "CPU hours kernels + FT"],
+                  rows)
+
+
+def report_section(folder: str | Path) -> str:
+    """The README's generated part (Markdown), from the files in ``folder`` alone."""
+    study = load_study(folder)
+    lines = [BEGIN, "", "### Table 5: accuracy (%), mean (std) over seeds [RoCoFT, RoBERTa-base]", ""]
+    for k in KS:
+        for tasks in (SINGLE_TASKS, PAIR_TASKS):
+            lines += [*table5(study, k, tasks), ""]
+    lines += ["### Table 6: relative difference to K_θ, k = 16, mean (std) [RoCoFT]", ""]
+    for tasks in (SINGLE_TASKS, PAIR_TASKS):
+        lines += [*table6(study, tasks), ""]
+    lines += ["### Row and column selection (k = 16): accuracy % and relative difference to K_θ (p = 2)", "",
+              *ablation_table(study), "", "### Status and cost", "", *status_table(study), "", END]
+    return "\n".join(lines)
+
+
+def replace_section(readme: str, section: str) -> str:
+    """``readme`` with the text from `BEGIN` to `END` replaced by ``section`` (appended when absent)."""
+    if BEGIN in readme and END in readme:
+        head, rest = readme.split(BEGIN, 1)
+        return head + section + rest.split(END, 1)[1]
+    return readme.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def draw_figures(folder: str | Path) -> list[Path]:
+    """Per task and k with figure data: the train-kernel heatmaps (k = 16) and spectra, under ``figures/``."""
+    from ntk_peft.plotting import scalar_heatmaps, spectra_plot
+
+    folder = Path(folder)
+    out = folder / "figures"
+    out.mkdir(exist_ok=True)
+    paths = []
+    for path in sorted(folder.glob("*-k*/figure_data.json")):
+        data = json.loads(path.read_text())
+        name = path.parent.name
+        results = json.loads((path.parent / "results.json").read_text())
+        title = f"{results['task']}, {results['model']}, k={results['k']}, seed {data['seed']}"
+        chosen = [s for s in TABLE_SUBSETS if s in data["spectra"]]
+        if data["heatmaps"]:
+            paths.append(scalar_heatmaps({s: np.array(data["heatmaps"][s]) for s in chosen}, np.array(data["labels"]),
+                                         out / f"{name}-heatmaps.png", title))
+        paths.append(spectra_plot({s: data["spectra"][s] for s in data["spectra"]}, out / f"{name}-spectra.png",
+                                  title))
+    return paths
+
+
+def write_report(folder: str | Path, figures: bool = True) -> Path:
+    """Rewrite the generated part of ``folder/README.md`` (and, with ``figures``, redraw the figures)."""
+    folder = Path(folder)
+    readme = folder / "README.md"
+    text = readme.read_text() if readme.is_file() else "# RoCoFT tables 5 and 6 on SmolLM2-135M\n"
+    write_text(readme, replace_section(text, report_section(folder)))
+    if figures:
+        draw_figures(folder)
+    return readme

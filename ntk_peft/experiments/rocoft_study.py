@@ -1,0 +1,272 @@
+"""The RoCoFT kernel study (its tables 5 and 6) as one resumable queue: ``ntk-peft study rocoft``.
+
+Jobs, in order: for each k, for each task, one ``ntk-compare`` run (kernels full, row1, col1, lora1 and
+the row/column-selection ablation: random and Wanda-max rows and columns) and one fine-tuning run per
+adapter (``full``: the table's "Full FT" row; ``lora1``, ``row1``) and seed. A finished job leaves a
+small, committable record under ``results/<study>/<TASK>-k<k>/``:
+
+- ``results.json``: the ntk-compare results (accuracy and relative kernel differences per seed);
+- ``figure_data.json``: the first seed's train kernels as shown in the heatmaps (k = 16) and every
+  kernel's spectrum, so the figures redraw without any kernel;
+- ``fine_tuning.json``: adapter -> seed -> eval accuracy, best dev accuracy, steps, seconds.
+
+Kernel blocks and fine-tuning checkpoints stay in ``runs/`` (never committed): an interrupted job
+resumes from them, and a finished job is found in the results folder and skipped. Under torchrun the
+kernel jobs share their blocks over the ranks (`run_compare`) and fine-tuning runs are dealt out to
+the ranks, one run per rank at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ntk_peft.errors import UserError
+from ntk_peft.experiments.compare import DEFAULT_SEEDS, run_compare
+from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS
+from ntk_peft.io import write_json
+from ntk_peft.ntk import distributed
+
+TABLE_SUBSETS = ("full", "row1", "col1", "lora1")
+ABLATION_SUBSETS = ("row1:random", "row1:wanda-max", "col1:random", "col1:wanda-max")
+# AdamW learning rate per fine-tuned adapter, 10 epochs at batch size 8 (see results/rocoft-smollm2/README.md).
+FINE_TUNING_LR = {"full": 1e-5, "lora1": 1e-3, "row1": 1e-3}
+DEFAULT_MAX_EVAL = 1000
+HEATMAP_K = 16  # figure data holds train kernels at this k only (k = 64 kernels are 16x larger)
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """One unit of the queue: the kernels of a task at k, or one fine-tuning run."""
+
+    kind: str  # "kernels" | "train"
+    task: str  # the task's LM-BFF name, e.g. SST-2
+    k: int
+    adapter: str | None = None
+    seed: int | None = None
+
+    @property
+    def folder(self) -> str:
+        """``<TASK>-k<k>``: the job's results folder name."""
+        return f"{self.task}-k{self.k}"
+
+    def describe(self) -> str:
+        return (f"kernels {self.task} k={self.k}" if self.kind == "kernels"
+                else f"fine-tune {self.adapter} {self.task} k={self.k} seed {self.seed}")
+
+
+@dataclass
+class StudyConfig:
+    """What ``ntk-peft study rocoft`` runs; every field has its command-line option."""
+
+    tasks: list[str] = field(default_factory=lambda: [*SINGLE_TASKS, *PAIR_TASKS])
+    ks: list[int] = field(default_factory=lambda: [16, 64])
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    fine_tune: list[str] = field(default_factory=lambda: list(FINE_TUNING_LR))
+    ablation: bool = True
+    model: str = "smollm2-135m"
+    max_eval: int | None = DEFAULT_MAX_EVAL
+    epochs: int = 10
+    runs: Path = Path("runs/rocoft")
+    results: Path = Path("results/rocoft-smollm2")
+    data_dir: str | None = None
+    block_size: int = 16
+
+    @property
+    def subsets(self) -> list[str]:
+        return [*TABLE_SUBSETS, *(ABLATION_SUBSETS if self.ablation else ())]
+
+
+def parse_tasks(text: str) -> list[str]:
+    """``all``, ``single``, ``pair`` or comma-separated task names (any spelling `get_task` takes)."""
+    from ntk_peft.tasks import get_task
+
+    groups = {"all": [*SINGLE_TASKS, *PAIR_TASKS], "single": list(SINGLE_TASKS), "pair": list(PAIR_TASKS)}
+    names: list[str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        for name in groups.get(part.lower(), [part]):
+            canonical = get_task(name).name
+            if canonical not in (*SINGLE_TASKS, *PAIR_TASKS):
+                raise UserError(f"{canonical} is not a task of RoCoFT's tables 5/6; tasks: "
+                                f"{', '.join((*SINGLE_TASKS, *PAIR_TASKS))}, or all, single, pair")
+            if canonical not in names:
+                names.append(canonical)
+    if not names:
+        raise UserError("no tasks given; e.g. --tasks all, --tasks single or --tasks sst2,rte")
+    return names
+
+
+def parse_fine_tune(text: str) -> list[str]:
+    """Comma-separated adapters out of `FINE_TUNING_LR`, or ``none``."""
+    if text.strip().lower() == "none":
+        return []
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [n for n in names if n not in FINE_TUNING_LR]
+    if unknown or not names:
+        raise UserError(f"--fine-tune takes {', '.join(FINE_TUNING_LR)} (comma-separated) or none; got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def study_jobs(config: StudyConfig) -> list[StudyJob]:
+    """Every job in queue order: k by k (16 first), task by task; a task's kernels, then its fine-tuning."""
+    jobs = []
+    for k in config.ks:
+        for task in config.tasks:
+            jobs.append(StudyJob("kernels", task, k))
+            jobs += [StudyJob("train", task, k, adapter, seed) for adapter in config.fine_tune for seed in config.seeds]
+    return jobs
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def job_done(job: StudyJob, config: StudyConfig) -> bool:
+    """Whether the job's record is in the results folder (for its seeds, subsets and evaluation set)."""
+    folder = config.results / job.folder
+    if job.kind == "kernels":
+        results = _read_json(folder / "results.json")
+        return (results is not None and results.get("seeds") == config.seeds and results.get("model") == config.model
+                and results.get("kernel_subsets") == config.subsets and results.get("max_eval") == config.max_eval)
+    record = _read_json(folder / "fine_tuning.json") or {}
+    return str(job.seed) in record.get("runs", {}).get(job.adapter, {})
+
+
+def train_config(job: StudyJob, config: StudyConfig):
+    """The `TrainConfig` of a fine-tuning job (its run folder under ``runs/<study>/train``)."""
+    from ntk_peft.train import TrainConfig
+
+    out = config.runs / "train" / f"{job.task}-{job.adapter}-k{job.k}-s{job.seed}"
+    return TrainConfig(task=job.task, adapter=job.adapter, out=str(out), k=job.k, seed=job.seed, model=config.model,
+                       epochs=config.epochs, lr=FINE_TUNING_LR[job.adapter], max_eval=config.max_eval,
+                       data_dir=config.data_dir)
+
+
+# ---- running the jobs ------------------------------------------------------------------------------------------
+
+def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> None:
+    """One task's ntk-compare run, then its results and figure data into the results folder (rank 0)."""
+    out = config.runs / "kernels" / job.folder
+    results = run_compare(job.task, config.subsets, k=job.k, seeds=config.seeds, model_name=config.model,
+                          max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
+                          progress=progress)
+    if not distributed.is_main():
+        return
+    folder = config.results / job.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "figure_data.json", figure_data(out, results, heatmaps=job.k == HEATMAP_K))
+    write_json(folder / "results.json", results)  # last: its presence marks the job done
+
+
+def figure_data(run_folder: Path, results: dict, heatmaps: bool) -> dict:
+    """From the first seed's train kernels: each kernel's spectrum (eigenvalues of the flattened kernel,
+    descending, over the largest) and, with ``heatmaps``, the kernel the heatmaps show (the logit
+    difference's for two classes, else the trace over classes) with the labels; 6 significant digits."""
+    from ntk_peft.analysis import eigenvalues
+    from ntk_peft.plotting import load_train_kernels
+    from ntk_peft.solvers.estimators import scalar_kernel
+
+    seed = results["seeds"][0]
+    kernels, labels = load_train_kernels(run_folder / f"seed-{seed}")
+
+    def rounded(values: np.ndarray) -> list:
+        return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(values).tolist()
+
+    data = {"seed": seed, "labels": labels.tolist(), "spectra": {}, "heatmaps": {}}
+    for name, kernel in kernels.items():
+        values = eigenvalues(kernel)
+        data["spectra"][name] = rounded(np.clip(values / values[0], 0.0, None))
+        if heatmaps:
+            data["heatmaps"][name] = rounded(scalar_kernel(kernel))
+    return data
+
+
+def run_training(jobs: list[StudyJob], config: StudyConfig, progress: bool = True) -> None:
+    """Fine-tuning runs dealt out over the ranks (all of them in one process without torchrun); each
+    finished run is recorded in its task's ``fine_tuning.json`` by rank 0."""
+    mine = jobs[distributed.rank()::distributed.world_size()]
+    finished = []
+    for job in mine:
+        finished.append((job, _train_one(job, config, progress)))
+        if not distributed.active():
+            record_fine_tuning(job, config, finished[-1][1])
+    if distributed.active():
+        everyone = distributed.all_gather(finished)
+        if distributed.is_main():
+            for part in everyone:
+                for job, metrics in part:
+                    record_fine_tuning(job, config, metrics)
+        distributed.barrier()
+
+
+def _train_one(job: StudyJob, config: StudyConfig, progress: bool) -> dict:
+    """Train (resuming a stopped run); a run finished before is read back, not evaluated again."""
+    from ntk_peft.models import load_model
+    from ntk_peft.train import train
+
+    run = train_config(job, config)
+    folder = Path(run.out)
+    metrics, saved = _read_json(folder / "metrics.json"), _read_json(folder / "config.json")
+    if metrics is not None and "eval_accuracy" in metrics and saved == asdict(run):
+        return metrics
+    model, tokenizer = load_model(config.model, seed=job.seed)
+    return train(run, model=model.to(distributed.device()), tokenizer=tokenizer, progress=progress)
+
+
+def record_fine_tuning(job: StudyJob, config: StudyConfig, metrics: dict) -> None:
+    """Add one run's numbers to ``<results>/<TASK>-k<k>/fine_tuning.json`` (written atomically)."""
+    path = config.results / job.folder / "fine_tuning.json"
+    record = _read_json(path) or {"task": job.task, "k": job.k, "model": config.model, "epochs": config.epochs,
+                                  "batch_size": 8, "max_eval": config.max_eval, "lr": {}, "runs": {}}
+    record["lr"][job.adapter] = FINE_TUNING_LR[job.adapter]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = record["runs"].setdefault(job.adapter, {})
+    runs[str(job.seed)] = {"eval_accuracy": metrics["eval_accuracy"], "n_eval": metrics["n_eval"],
+                           "best_dev": metrics["best_dev"], "steps": metrics["final_step"],
+                           "train_seconds": round(metrics["train_seconds"], 1)}
+    record["runs"][job.adapter] = dict(sorted(runs.items(), key=lambda item: int(item[0])))
+    write_json(path, record)
+
+
+def run_study(config: StudyConfig, progress: bool = True, after_each=None) -> list[StudyJob]:
+    """Run every job not done yet, in queue order; returns the jobs run.
+
+    Consecutive fine-tuning jobs go out together (one per rank under torchrun). ``after_each(job)``
+    runs on rank 0 after each kernel job and each group of fine-tuning jobs (the report is redrawn there).
+    """
+    config.results.mkdir(parents=True, exist_ok=True)
+    pending = [job for job in study_jobs(config) if not job_done(job, config)]
+    pending = distributed.broadcast(pending)
+    done: list[StudyJob] = []
+    position = 0
+    while position < len(pending):
+        job = pending[position]
+        started = time.perf_counter()
+        if job.kind == "kernels":
+            group = [job]
+            if distributed.is_main():
+                print(f"[{len(done) + 1}/{len(pending)}] {job.describe()}", flush=True)
+            run_kernels(job, config, progress)
+        else:
+            group = []
+            while position + len(group) < len(pending) and pending[position + len(group)].kind == "train":
+                group.append(pending[position + len(group)])
+                if len(group) == distributed.world_size():
+                    break
+            if distributed.is_main():
+                print(f"[{len(done) + 1}/{len(pending)}] " + "; ".join(j.describe() for j in group), flush=True)
+            run_training(group, config, progress)
+        position += len(group)
+        done += group
+        if distributed.is_main():
+            print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
+            if after_each is not None:
+                after_each(group)
+    return done

@@ -1,0 +1,151 @@
+"""``ntk-peft study rocoft``: the queue, its records, resuming, and the report drawn from the records alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntk_peft.errors import UserError
+from ntk_peft.experiments.rocoft_report import BEGIN, END, report_section, write_report
+from ntk_peft.experiments.rocoft_study import (
+    StudyConfig,
+    StudyJob,
+    job_done,
+    parse_fine_tune,
+    parse_tasks,
+    run_study,
+    study_jobs,
+)
+
+COMMITTED = Path(__file__).resolve().parents[2] / "results" / "rocoft-smollm2"
+
+
+def test_queue_order_and_parsing():
+    config = StudyConfig(tasks=parse_tasks("sst2,rte"), ks=[16, 64], seeds=[13, 21], fine_tune=parse_fine_tune("full"))
+    jobs = study_jobs(config)
+    assert [j.describe() for j in jobs[:4]] == ["kernels SST-2 k=16", "fine-tune full SST-2 k=16 seed 13",
+                                                "fine-tune full SST-2 k=16 seed 21", "kernels RTE k=16"]
+    assert len(jobs) == 2 * 2 * 3 and jobs[6] == StudyJob("kernels", "SST-2", 64)
+    assert parse_tasks("single") == ["SST-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec"]
+    assert parse_tasks("all")[-6:] == ["MNLI", "SNLI", "QNLI", "RTE", "MRPC", "QQP"]
+    assert parse_fine_tune("none") == []
+    with pytest.raises(UserError, match="not a task of RoCoFT's tables"):
+        parse_tasks("cola")
+    with pytest.raises(UserError, match="--fine-tune takes full, lora1, row1"):
+        parse_fine_tune("lora8")
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """SST-2 and RTE at k = 16 on tiny-llama: kernels with the ablation, two fine-tuned adapters, two seeds."""
+    root = tmp_path_factory.mktemp("study")
+    config = StudyConfig(tasks=["SST-2", "RTE"], ks=[16], seeds=[13, 21], fine_tune=["full", "row1"], model="tiny-llama",
+                         max_eval=8, epochs=1, runs=root / "runs", results=root / "results")
+    reports = []
+    ran = run_study(config, progress=False, after_each=lambda jobs: reports.append([j.describe() for j in jobs]))
+    return config, ran, reports
+
+
+def test_study_records_every_job_and_skips_them_on_a_rerun(small_study):
+    config, ran, reports = small_study
+    assert ran == study_jobs(config) and len(reports) == len(ran)  # one group per job without torchrun
+    assert all(job_done(job, config) for job in ran)
+    assert run_study(config, progress=False) == []  # everything is found in the results folder
+    results = json.loads((config.results / "SST-2-k16" / "results.json").read_text())
+    assert results["kernel_subsets"] == ["full", "row1", "col1", "lora1", "row1:random", "row1:wanda-max",
+                                         "col1:random", "col1:wanda-max"]
+    assert results["max_eval"] == 8 and results["seeds"] == [13, 21]
+    tuning = json.loads((config.results / "RTE-k16" / "fine_tuning.json").read_text())
+    assert tuning["lr"] == {"full": 1e-5, "row1": 1e-3} and list(tuning["runs"]["row1"]) == ["13", "21"]
+    run = tuning["runs"]["full"]["21"]
+    metrics = json.loads((config.runs / "train" / "RTE-full-k16-s21" / "metrics.json").read_text())
+    assert run["eval_accuracy"] == metrics["eval_accuracy"] and run["n_eval"] == 8 and run["steps"] == 4
+
+
+def test_a_recorded_run_lost_from_the_results_is_read_back_not_trained_again(small_study):
+    config, _, _ = small_study
+    path = config.results / "SST-2-k16" / "fine_tuning.json"
+    before = json.loads(path.read_text())
+    lost = json.loads(path.read_text())
+    del lost["runs"]["row1"]["13"]
+    path.write_text(json.dumps(lost))
+    checkpoint = config.runs / "train" / "SST-2-row1-k16-s13" / "checkpoint.pt"
+    stamp = checkpoint.stat().st_mtime_ns
+    ran = run_study(config, progress=False)
+    assert ran == [StudyJob("train", "SST-2", 16, "row1", 13)]
+    assert json.loads(path.read_text()) == before and checkpoint.stat().st_mtime_ns == stamp
+
+
+def test_figure_data_are_the_first_seeds_kernels_as_drawn(small_study):
+    from ntk_peft.analysis import eigenvalues
+    from ntk_peft.plotting import load_train_kernels
+    from ntk_peft.solvers.estimators import scalar_kernel
+
+    config, _, _ = small_study
+    data = json.loads((config.results / "RTE-k16" / "figure_data.json").read_text())
+    kernels, labels = load_train_kernels(config.runs / "kernels" / "RTE-k16" / "seed-13")
+    assert data["seed"] == 13 and data["labels"] == labels.tolist()
+    for name in ("full", "row1", "col1:wanda-max"):
+        np.testing.assert_allclose(data["heatmaps"][name], scalar_kernel(kernels[name]), rtol=1e-5, atol=0)
+        values = eigenvalues(kernels[name])
+        np.testing.assert_allclose(data["spectra"][name], np.clip(values / values[0], 0, None), rtol=1e-5,
+                                   atol=1e-12)
+
+
+def test_report_cells_come_from_the_records_and_the_rest_is_pending(small_study):
+    config, _, _ = small_study
+    section = report_section(config.results)
+    assert section.startswith(BEGIN) and section.endswith(END)
+    results = json.loads((config.results / "SST-2-k16" / "results.json").read_text())
+    row1 = [r["accuracy"]["row1"] * 100 for r in results["per_seed"]]
+    tuning = json.loads((config.results / "SST-2-k16" / "fine_tuning.json").read_text())
+    full_ft = [r["eval_accuracy"] * 100 for r in tuning["runs"]["full"].values()]
+    table = next(line for line in section.splitlines() if line.startswith("| K_row1 |"))
+    assert table.split(" | ")[1] == f"{np.mean(row1):.1f} ({np.std(row1):.1f}) [88.5 (0.4)]"  # SST-2, then paper
+    assert table.split(" | ")[2] == "pending [42.9 (1.9)]"  # sst-5 not run
+    full_row = next(line for line in section.splitlines() if line.startswith("| Full FT |"))
+    assert full_row.split(" | ")[1] == f"{np.mean(full_ft):.1f} ({np.std(full_ft):.1f}) [89.0 (1.5)]"
+    lora_ft = next(line for line in section.splitlines() if line.startswith("| LoRA-1 FT |"))
+    assert lora_ft.split(" | ")[1] == "pending"  # not fine-tuned in this study: no number, no paper value
+    assert "| RTE | 16 | 2 seeds | full 2, row1 2 | 8 |" in section
+
+
+def test_write_report_keeps_the_hand_written_text_and_is_deterministic(small_study, tmp_path):
+    config, _, _ = small_study
+    readme = config.results / "README.md"
+    readme.write_text("# study\n\nreading above\n\n" + BEGIN + "\nold\n" + END + "\n\nreading below\n")
+    write_report(config.results, figures=True)
+    first = readme.read_text()
+    assert first.startswith("# study\n\nreading above\n\n" + BEGIN) and first.endswith(END + "\n\nreading below\n")
+    write_report(config.results, figures=False)
+    assert readme.read_text() == first
+    assert (config.results / "figures" / "SST-2-k16-heatmaps.png").stat().st_size > 10_000
+    assert (config.results / "figures" / "RTE-k16-spectra.png").stat().st_size > 10_000
+
+
+def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
+    from ntk_peft.cli.common import run_cli
+    from ntk_peft.cli.peft import main
+
+    argv = ["study", "rocoft", "--tasks", "sst2", "--k", "16", "--seeds", "13", "--fine-tune", "none",
+            "--no-ablation", "--model", "tiny-llama", "--max-eval", "6", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]
+    assert run_cli(main, argv) == 0
+    out = capsys.readouterr().out
+    assert "kernels SST-2 k=16" in out and "1 jobs run" in out
+    assert run_cli(main, [*argv, "--status"]) == 0
+    assert "done     kernels SST-2 k=16\n1 of 1 jobs done" in capsys.readouterr().out
+    assert run_cli(main, [*argv[:2], "--tasks", "cola"]) == 2
+    assert "not a task of RoCoFT's tables 5/6" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (COMMITTED / "README.md").is_file(), reason="no committed RoCoFT study yet")
+def test_committed_readme_tables_regenerate_bit_identically():
+    """The committed README's generated part is exactly what the committed results files give."""
+    readme = (COMMITTED / "README.md").read_text()
+    assert BEGIN in readme and END in readme
+    committed = BEGIN + readme.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    assert committed == report_section(COMMITTED)
