@@ -10,6 +10,8 @@ small, committable record under ``results/<study>/<TASK>-k<k>/``:
   kernel's spectrum, so the figures redraw without any kernel;
 - ``fine_tuning.json``: adapter -> seed -> eval accuracy, best dev accuracy, steps, seconds.
 
+A full fine-tuning run's model-sized files are deleted once it is finished (`drop_model_weights`).
+
 Kernel blocks and fine-tuning checkpoints stay in ``runs/`` (never committed): an interrupted job
 resumes from them, and a finished job is found in the results folder and skipped. Under torchrun the
 kernel jobs share their blocks over the ranks (`run_compare`) and fine-tuning runs are dealt out to
@@ -146,7 +148,7 @@ def train_config(job: StudyJob, config: StudyConfig):
     out = config.runs / "train" / f"{job.task}-{job.adapter}-k{job.k}-s{job.seed}"
     return TrainConfig(task=job.task, adapter=job.adapter, out=str(out), k=job.k, seed=job.seed, model=config.model,
                        epochs=config.epochs, lr=FINE_TUNING_LR[job.adapter], max_eval=config.max_eval,
-                       data_dir=config.data_dir)
+                       data_dir=config.data_dir, track_every=None)  # ΔW measured at the start and end only
 
 
 # ---- running the jobs ------------------------------------------------------------------------------------------
@@ -217,7 +219,20 @@ def _train_one(job: StudyJob, config: StudyConfig, progress: bool) -> dict:
     if metrics is not None and "eval_accuracy" in metrics and saved == asdict(run):
         return metrics
     model, tokenizer = load_model(config.model, seed=job.seed)
-    return train(run, model=model.to(distributed.device()), tokenizer=tokenizer, progress=progress)
+    metrics = train(run, model=model.to(distributed.device()), tokenizer=tokenizer, progress=progress)
+    if job.adapter == "full":
+        drop_model_weights(folder)
+    return metrics
+
+
+def drop_model_weights(folder: Path) -> None:
+    """Delete a finished full fine-tuning run's model-sized files (checkpoint with AdamW state, ``adapter/``,
+    ``best/``: 2.7 GB for SmolLM2, 65 runs per k); its metrics, configuration and ΔW records stay."""
+    import shutil
+
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    for name in ("adapter", "best"):
+        shutil.rmtree(folder / name, ignore_errors=True)
 
 
 def record_fine_tuning(job: StudyJob, config: StudyConfig, metrics: dict) -> None:

@@ -63,6 +63,10 @@ def test_study_records_every_job_and_skips_them_on_a_rerun(small_study):
     run = tuning["runs"]["full"]["21"]
     metrics = json.loads((config.runs / "train" / "RTE-full-k16-s21" / "metrics.json").read_text())
     assert run["eval_accuracy"] == metrics["eval_accuracy"] and run["n_eval"] == 8 and run["steps"] == 4
+    full = config.runs / "train" / "RTE-full-k16-s21"  # model-sized files dropped once recorded; the rest kept
+    assert not (full / "checkpoint.pt").exists() and not (full / "best").exists() and not (full / "adapter").exists()
+    assert (full / "config.json").is_file() and (full / "delta_w_summary.json").is_file()
+    assert (config.runs / "train" / "RTE-row1-k16-s21" / "best").is_dir()
 
 
 def test_a_recorded_run_lost_from_the_results_is_read_back_not_trained_again(small_study):
