@@ -146,7 +146,6 @@ def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
     assert "not a task of RoCoFT's tables 5/6" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (COMMITTED / "README.md").is_file(), reason="no committed RoCoFT study yet")
 def test_committed_readme_tables_regenerate_bit_identically():
     """The committed README's generated part is exactly what the committed results files give."""
     readme = (COMMITTED / "README.md").read_text()
