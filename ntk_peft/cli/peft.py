@@ -384,6 +384,7 @@ def _study(args) -> int:
             for seed in config.seeds:
                 load_split(job.task, job.k, seed, config.data_dir)
     launched = distributed.init_from_env()
+    main = distributed.is_main()  # asked before the process group ends
     finished = False
     try:
         done = run_study(config, after_each=lambda _: write_report(config.results))
@@ -391,7 +392,7 @@ def _study(args) -> int:
     finally:
         if launched:
             distributed.shutdown(wait=finished)
-    if distributed.is_main():
+    if main:
         print(f"{len(done)} jobs run; report: {write_report(config.results)}")
     return 0
 

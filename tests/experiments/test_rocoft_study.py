@@ -152,3 +152,27 @@ def test_committed_readme_tables_regenerate_bit_identically():
     assert BEGIN in readme and END in readme
     committed = BEGIN + readme.split(BEGIN, 1)[1].split(END, 1)[0] + END
     assert committed == report_section(COMMITTED)
+
+
+def test_under_torchrun_two_ranks_give_the_records_of_one_process(tmp_path):
+    """Kernel blocks shared over 2 gloo ranks and the fine-tuning runs dealt out (one seed per rank): the
+    records equal one process's, apart from timings."""
+    from tests.ntk.test_distributed import torchrun
+
+    argv = ["-m", "ntk_peft.cli.peft", "study", "rocoft", "--tasks", "sst2", "--k", "16", "--seeds", "13,21",
+            "--fine-tune", "row1", "--no-ablation", "--model", "tiny-llama", "--max-eval", "6", "--epochs", "1"]
+    records = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"p{nproc}"
+        done = torchrun(nproc, *argv, "--runs", str(out / "runs"), "--results", str(out / "results"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("jobs run; report:") == 1  # rank 0 alone reports
+        assert ("fine-tune row1 SST-2 k=16 seed 13; fine-tune row1 SST-2 k=16 seed 21" in done.stdout) == (nproc == 2)
+        folder = out / "results" / "SST-2-k16"
+        results = json.loads((folder / "results.json").read_text())
+        tuning = json.loads((folder / "fine_tuning.json").read_text())
+        for run in tuning["runs"]["row1"].values():
+            del run["train_seconds"]
+        records[nproc] = ({k: v for k, v in results.items() if k not in ("timing_s", "per_seed")},
+                          [{k: v for k, v in r.items() if k != "timing_s"} for r in results["per_seed"]], tuning)
+    assert records[2] == records[1]
