@@ -34,8 +34,8 @@ def measure(task: str) -> dict:
     from ntk_peft import load_model
     from ntk_peft.adapters import parse_spec
     from ntk_peft.ntk import capture, subset_params
-    from ntk_peft.ntk.blocked import _fast_kernels
     from ntk_peft.ntk.directions import project_directions, subset_directions
+    from ntk_peft.ntk.fast import fast_kernel
     from ntk_peft.tasks import get_task, load_split, make_batch
 
     model, tok = load_model("smollm2-135m")
@@ -63,7 +63,8 @@ def measure(task: str) -> dict:
         project_s = time.perf_counter() - start
         left = capture(model, train[0])
         start = time.perf_counter()
-        _fast_kernels(model, NAMES, list(subsets.values()), left, recorded, "auto")
+        for name in NAMES:
+            fast_kernel(model, subsets[name], left, recorded)
         pair_s = time.perf_counter() - start
     pairs = SEEDS * len(train)
     return {"task": spec.name, "classes": classes, "train_blocks": len(train), "capture_s": capture_s,

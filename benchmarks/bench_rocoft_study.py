@@ -1,0 +1,217 @@
+"""The RoCoFT study's time on this device, projected from measured unit costs and the study's real workload.
+
+Measured on SmolLM2 (cuda if available, else the CPU) with SST-2 and MNLI prompt blocks of 16:
+
+- ``capture``: recording one block (one forward, C backward passes), per padded token;
+- ``pair``: one block pair's kernels for the study's 8 subsets (full, row1, col1, lora1 and the
+  ablation's random and Wanda rows and columns), per product of the two blocks' padded tokens;
+- ``directions``: the 8 subsets' parameter directions over a seed's training prompts, per padded token;
+- ``projection``: an evaluation block projected onto 8 subsets x 5 seeds of directions, per padded token;
+- ``step``: one fine-tuning step (batch 8, AdamW) of ``full``, ``lora1``, ``row1``, per padded token;
+- ``forward``: evaluation forward passes, per padded token.
+
+The workload is the study's own (`ntk_peft.experiments.rocoft_study`): every task's seed-13 train and
+dev blocks (train grouped by class, like ``ntk-compare``) and its evaluation subset (at most 1,000,
+blocked by length), 5 seeds, 10 epochs. Projected hours per task and k are printed (and written with
+``--json``); the kernel part is checked against what a finished study job recorded (``--check
+results/rocoft-smollm2``: recorded compute seconds / projected). On a GPU this gives the projected GPU
+time of the whole study.
+
+Usage::
+
+    python benchmarks/bench_rocoft_study.py [--ks 16,64] [--repeats 2] [--check DIR] [--json FILE] [--costs FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SEEDS = 5
+
+
+def _timed(function, repeats: int) -> float:
+    function()  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def padded(batch: dict) -> int:
+    return int(batch["attention_mask"].numel())
+
+
+def unit_costs(repeats: int) -> dict:
+    """Seconds per padded token (per token product for ``pair``), averaged over an SST-2 and an MNLI block."""
+    from ntk_peft import load_model
+    from ntk_peft.experiments.compare import wanda_calibration
+    from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, TABLE_SUBSETS
+    from ntk_peft.models import label_logits
+    from ntk_peft.ntk import capture, parse_subsets, subset_params
+    from ntk_peft.ntk.directions import project_directions, subset_directions
+    from ntk_peft.ntk.fast import fast_kernel
+    from ntk_peft.tasks import get_task, load_split, make_batch, to_device
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = load_model("smollm2-135m")
+    model = model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = [*TABLE_SUBSETS, *ABLATION_SUBSETS]
+    rates: dict[str, list[float]] = {}
+    for task in ("sst2", "mnli"):
+        spec = get_task(task)
+        split = load_split(spec, 16, 13)
+        calibration = [to_device(b, model) for b in wanda_calibration(tok, spec, names, 16, 13)]
+        subsets = [subset_params(model, s, seed=0, calibration=calibration) for s in parse_subsets(names)]
+        left = to_device(make_batch(tok, spec, split.train[:16]), model)
+        right = to_device(make_batch(tok, spec, split.eval[:16]), model)
+        rates.setdefault("capture", []).append(_timed(lambda: capture(model, right), repeats) / padded(right))
+        cap_l, cap_r = capture(model, left), capture(model, right)
+        with torch.no_grad():
+            pair_s = _timed(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
+        rates.setdefault("pair", []).append(pair_s / (padded(left) * padded(right)))
+        train = [to_device(make_batch(tok, spec, split.train[i:i + 16]), model) for i in range(0, len(split.train), 16)]
+        weights = torch.randn(len(split.train), len(spec.labels), 1, generator=torch.Generator().manual_seed(0))
+        directions = [subset_directions(s, train, weights.to(device)) for s in subsets]
+        rates.setdefault("directions", []).append(
+            _timed(lambda: [subset_directions(s, train, weights.to(device)) for s in subsets], 1)
+            / sum(padded(b) for b in train))
+        seeds = [{k: v.repeat(SEEDS, *([1] * (v.dim() - 1))) for k, v in d.items()} for d in directions]
+        with torch.no_grad():
+            rates.setdefault("projection", []).append(_timed(
+                lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats)
+                / padded(right))
+            rates.setdefault("forward", []).append(_timed(lambda: label_logits(model, right), repeats) / padded(right))
+        batch = to_device(make_batch(tok, spec, split.train[:8]), model)
+        for adapter in ("full", "lora1", "row1"):
+            rates.setdefault(f"step_{adapter}", []).append(_step_seconds(adapter, batch, device, repeats)
+                                                           / padded(batch))
+    return {"device": str(device), "threads": torch.get_num_threads(),
+            "rates": {k: float(np.mean(v)) for k, v in rates.items()}}
+
+
+def _step_seconds(adapter: str, batch: dict, device: torch.device, repeats: int) -> float:
+    """One AdamW fine-tuning step (forward, backward, update) of ``adapter`` on a fresh SmolLM2."""
+    from ntk_peft import load_model
+    from ntk_peft.adapters import apply_adapter
+    from ntk_peft.models import label_logits
+
+    model, _ = load_model("smollm2-135m")
+    model = model.to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = apply_adapter(model, adapter, seed=0).parameters()
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(label_logits(model, batch).float(), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return _timed(step, repeats)
+
+
+def workload(tok, task: str, k: int, max_eval: int | None = 1000) -> dict:
+    """The blocks one study job runs: padded tokens of every train, dev and evaluation block (seed 13)."""
+    from ntk_peft.experiments.compare import length_order
+    from ntk_peft.tasks import get_task, load_split, make_batch
+
+    def blocks(examples: list, size: int = 16) -> list[dict]:
+        return [make_batch(tok, spec, examples[i:i + size]) for i in range(0, len(examples), size)]
+
+    spec = get_task(task)
+    split = load_split(spec, k, 13)
+    evaluation = split.eval
+    if max_eval is not None and max_eval < len(evaluation):
+        keep = np.sort(np.random.default_rng(0).permutation(len(evaluation))[:max_eval])
+        evaluation = [evaluation[i] for i in keep]
+    order = length_order(tok, spec, evaluation, {})
+    train = blocks(sorted(split.train, key=lambda e: e.label))
+    dev = blocks(split.dev)
+    evals = blocks([evaluation[i] for i in order])
+    batches = blocks(split.train, 8)
+    return {"train": [padded(b) for b in train], "dev": [padded(b) for b in dev], "eval": [padded(b) for b in evals],
+            "n_train": len(split.train), "n_dev": len(split.dev), "n_eval": len(evaluation),
+            "batch_tokens": float(np.mean([padded(b) for b in batches])),
+            "eval_tokens_per_example": sum(padded(b) for b in evals) / len(evaluation),
+            "dev_tokens_per_example": sum(padded(b) for b in dev) / len(split.dev)}
+
+
+def project(work: dict, rates: dict, epochs: int = 10) -> dict:
+    """Projected seconds of one task's kernel job and of each fine-tuning run at ``rates``."""
+    train, dev, evals = work["train"], work["dev"], work["eval"]
+    pairs = sum(train[i] * train[j] for i in range(len(train)) for j in range(i, len(train)))
+    pairs += sum(d * t for d in dev for t in train)
+    per_seed = rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs + rates["directions"] * sum(train)
+    kernels = SEEDS * per_seed + sum(evals) * (rates["capture"] + rates["projection"])
+    steps = epochs * math.ceil(work["n_train"] / 8)
+    evaluations = rates["forward"] * (work["n_eval"] * work["eval_tokens_per_example"]
+                                      + (steps // 50 + 1) * work["n_dev"] * work["dev_tokens_per_example"])
+    tuning = {a: steps * rates[f"step_{a}"] * work["batch_tokens"] + evaluations for a in ("full", "lora1", "row1")}
+    return {"kernels_s": kernels, "fine_tuning_run_s": tuning, "task_s": kernels + SEEDS * sum(tuning.values())}
+
+
+def main() -> None:
+    from ntk_peft import load_model
+    from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ks", default="16,64")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--check", type=Path, default=None, help="a study results folder to compare against")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--costs", type=Path, default=None,
+                        help="take the unit costs from this earlier --json output instead of measuring them")
+    args = parser.parse_args()
+    if args.costs is not None:
+        saved = json.loads(args.costs.read_text())
+        costs = {key: saved[key] for key in ("device", "threads", "rates")}
+    else:
+        costs = unit_costs(args.repeats)
+    print(json.dumps(costs), flush=True)
+    _, tok = load_model("smollm2-135m")
+    rows, total = [], 0.0
+    for k in (int(x) for x in args.ks.split(",")):
+        for task in (*SINGLE_TASKS, *PAIR_TASKS):
+            try:
+                work = workload(tok, task, k)
+            except Exception as error:  # a split the data cannot give
+                print(f"{task} k={k}: {error}")
+                continue
+            projected = project(work, costs["rates"])
+            row = {"task": task, "k": k, **projected}
+            if args.check is not None and (args.check / f"{task}-k{k}" / "results.json").is_file():
+                timing = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())["timing_s"]
+                row["recorded_kernels_s"] = timing["kernels_recorded"] + timing["projections_recorded"]
+                row["recorded_over_projected"] = row["recorded_kernels_s"] / projected["kernels_s"]
+            total += projected["task_s"]
+            rows.append(row)
+            print(f"{task:>6} k={k:<3} kernels {projected['kernels_s'] / 3600:6.2f} h, fine-tuning "
+                  + ", ".join(f"{a} {s / 60:5.1f} min" for a, s in projected["fine_tuning_run_s"].items())
+                  + f" per run, task {projected['task_s'] / 3600:6.2f} h"
+                  + (f"  (recorded/projected kernels {row['recorded_over_projected']:.2f})"
+                     if "recorded_over_projected" in row else ""), flush=True)
+    print(f"whole study on {costs['device']}: {total / 3600:.1f} h")
+    if args.json:
+        Path(args.json).write_text(json.dumps({**costs, "rows": rows, "total_h": total / 3600}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
