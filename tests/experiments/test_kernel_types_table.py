@@ -35,3 +35,16 @@ def test_table_has_means_gaps_per_seed_and_cost_ratios():
 def test_table_without_fine_tuning_runs_has_no_gap_section():
     table = kernel_types_table(_results(), [])
     assert "Gap to Adam" not in table and "| row1 | 0.700 (0.000) | 0.700 (0.100) | - |" in table
+
+
+def test_committed_table_regenerates_from_the_committed_files():
+    """results/kernel-types-smollm2/table.md is exactly what its results.json and fine_tuning_runs.json give."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "results" / "kernel-types-smollm2"
+    results = json.loads((folder / "results.json").read_text())
+    runs = json.loads((folder / "fine_tuning_runs.json").read_text())
+    assert sorted((r["config"]["adapter"], r["config"]["seed"]) for r in runs) == sorted(
+        (a, s) for a in ("lora1", "row1") for s in results["seeds"])  # both adapters at every seed
+    assert (folder / "table.md").read_text() == kernel_types_table(results, runs) + "\n"
