@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 from ntk_peft.errors import UserError
@@ -22,13 +23,17 @@ class Parser(argparse.ArgumentParser):
 
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
             prog: str | None = None) -> int:
-    """Run ``main``; a `UserError` becomes one line ``<prog>: error: ...`` on stderr and status 2."""
+    """Run ``main``; a `UserError` becomes one line ``<prog>: error: ...`` on stderr and status 2, and a
+    warning one line ``<prog>: warning: ...`` (no source line)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    name = prog or os.path.basename(sys.argv[0]) or "ntk-peft"
+    previous = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_, **__: f"{name}: warning: {message}\n"
     try:
         return int(main(argv) or 0)
     except UserError as err:
-        print(f"{prog or os.path.basename(sys.argv[0]) or 'ntk-peft'}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except SystemExit as stop:  # argparse's own exits (--help, usage errors)
         return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
@@ -36,6 +41,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         print("\ninterrupted; finished blocks, checkpoints and results are kept: run the same command again to "
               "resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
 
 
 def positive_int(text: str) -> int:

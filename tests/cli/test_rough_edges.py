@@ -76,6 +76,27 @@ def test_an_interrupt_says_how_to_resume_on_a_line_of_its_own(capsys):
     assert err.startswith("\ninterrupted") and "run the same command again to resume" in err
 
 
+def test_a_warning_is_one_line_named_by_the_program(capsys):
+    """E.g. TREC at k = 64 (a class short of 2k examples): one line, no source line under it."""
+    import sys
+    import warnings
+
+    from ntk_peft.tasks import load_split
+
+    def short_dev(argv):
+        with warnings.catch_warnings(record=True) as caught:  # shown as Python shows it, past pytest's capture
+            warnings.simplefilter("always")
+            load_split("trec", 64, 87)
+        for w in caught:
+            sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line))
+
+    before = warnings.formatwarning
+    assert run_cli(short_dev, [], prog="ntk-peft") == 0
+    err = capsys.readouterr().err
+    assert err.startswith("ntk-peft: warning: k=64: class(es) [2] have fewer than 128 pool examples")
+    assert err.count("\n") == 1 and warnings.formatwarning is before  # restored afterwards
+
+
 def test_a_resumed_blocked_run_says_what_it_found(capsys, tmp_path):
     from ntk_peft import load_model
     from ntk_peft.ntk import KernelStore, kernel_blocks
