@@ -3,10 +3,12 @@
 Measured on SmolLM2 (cuda if available, else the CPU) with SST-2 and MNLI prompt blocks of 16:
 
 - ``capture``: recording one block (one forward, C backward passes), per padded token;
-- ``pair``: one block pair's kernels for the study's 8 subsets (full, row1, col1, lora1 and the
-  ablation's random and Wanda rows and columns), per product of the two blocks' padded tokens;
-- ``directions``: the 8 subsets' parameter directions over a seed's training prompts, per padded token;
-- ``projection``: an evaluation block projected onto 8 subsets x 5 seeds of directions, per padded token;
+- ``pair``: one block pair's kernels, per product of the two blocks' padded tokens;
+- ``directions``: the subsets' parameter directions over a seed's training prompts, per padded token;
+- ``projection``: an evaluation block projected onto each subset's 5 seeds of directions, per padded token;
+
+the last three for the table's subsets (full, row1, col1, lora1) and the ablation's (random and Wanda
+rows and columns, run at k = 16 only) apart;
 - ``step``: one fine-tuning step (batch 8, AdamW) of ``full``, ``lora1``, ``row1``, per padded token;
 - ``forward``: evaluation forward passes, per padded token.
 
@@ -77,25 +79,29 @@ def unit_costs(repeats: int) -> dict:
         spec = get_task(task)
         split = load_split(spec, 16, 13)
         calibration = [to_device(b, model) for b in wanda_calibration(tok, spec, names, 16, 13)]
-        subsets = [subset_params(model, s, seed=0, calibration=calibration) for s in parse_subsets(names)]
+        groups = {"table": TABLE_SUBSETS, "ablation": ABLATION_SUBSETS}
         left = to_device(make_batch(tok, spec, split.train[:16]), model)
         right = to_device(make_batch(tok, spec, split.eval[:16]), model)
         rates.setdefault("capture", []).append(_timed(lambda: capture(model, right), repeats) / padded(right))
         cap_l, cap_r = capture(model, left), capture(model, right)
-        with torch.no_grad():
-            pair_s = _timed(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
-        rates.setdefault("pair", []).append(pair_s / (padded(left) * padded(right)))
         train = [to_device(make_batch(tok, spec, split.train[i:i + 16]), model) for i in range(0, len(split.train), 16)]
         weights = torch.randn(len(split.train), len(spec.labels), 1, generator=torch.Generator().manual_seed(0))
-        directions = [subset_directions(s, train, weights.to(device)) for s in subsets]
-        rates.setdefault("directions", []).append(
-            _timed(lambda: [subset_directions(s, train, weights.to(device)) for s in subsets], 1)
-            / sum(padded(b) for b in train))
-        seeds = [{k: v.repeat(SEEDS, *([1] * (v.dim() - 1))) for k, v in d.items()} for d in directions]
+        weights = weights.to(device)
+        for group, group_names in groups.items():
+            subsets = [subset_params(model, s, seed=0, calibration=calibration) for s in parse_subsets(group_names)]
+            with torch.no_grad():
+                pair_s = _timed(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
+            rates.setdefault(f"pair_{group}", []).append(pair_s / (padded(left) * padded(right)))
+            directions = [subset_directions(s, train, weights) for s in subsets]
+            rates.setdefault(f"directions_{group}", []).append(
+                _timed(lambda: [subset_directions(s, train, weights) for s in subsets], 1)
+                / sum(padded(b) for b in train))
+            seeds = [{k: v.repeat(SEEDS, *([1] * (v.dim() - 1))) for k, v in d.items()} for d in directions]
+            with torch.no_grad():
+                rates.setdefault(f"projection_{group}", []).append(_timed(
+                    lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats)
+                    / padded(right))
         with torch.no_grad():
-            rates.setdefault("projection", []).append(_timed(
-                lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats)
-                / padded(right))
             rates.setdefault("forward", []).append(_timed(lambda: label_logits(model, right), repeats) / padded(right))
         batch = to_device(make_batch(tok, spec, split.train[:8]), model)
         for adapter in ("full", "lora1", "row1"):
@@ -154,9 +160,13 @@ def workload(tok, task: str, k: int, max_eval: int | None = 1000) -> dict:
             "dev_tokens_per_example": sum(padded(b) for b in dev) / len(split.dev)}
 
 
-def project(work: dict, rates: dict, epochs: int = 10) -> dict:
-    """Projected seconds of one task's kernel job and of each fine-tuning run at ``rates``."""
+def project(work: dict, rates: dict, ablation: bool, epochs: int = 10) -> dict:
+    """Projected seconds of one task's kernel job (with the selection ablation's subsets or not) and of
+    each fine-tuning run at ``rates``."""
     train, dev, evals = work["train"], work["dev"], work["eval"]
+    groups = ("table", "ablation") if ablation else ("table",)
+    rates = {**rates, **{name: sum(rates[f"{name}_{g}"] for g in groups) for name in ("pair", "directions",
+                                                                                         "projection")}}
     pairs = sum(train[i] * train[j] for i in range(len(train)) for j in range(i, len(train)))
     pairs += sum(d * t for d in dev for t in train)
     per_seed = rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs + rates["directions"] * sum(train)
@@ -171,6 +181,7 @@ def project(work: dict, rates: dict, epochs: int = 10) -> dict:
 def main() -> None:
     from ntk_peft import load_model
     from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS
+    from ntk_peft.experiments.rocoft_study import ABLATION_K
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ks", default="16,64")
@@ -195,7 +206,7 @@ def main() -> None:
             except Exception as error:  # a split the data cannot give
                 print(f"{task} k={k}: {error}")
                 continue
-            projected = project(work, costs["rates"])
+            projected = project(work, costs["rates"], ablation=k == ABLATION_K)
             row = {"task": task, "k": k, **projected}
             if args.check is not None and (args.check / f"{task}-k{k}" / "results.json").is_file():
                 timing = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())["timing_s"]

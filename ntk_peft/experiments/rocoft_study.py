@@ -1,7 +1,7 @@
 """The RoCoFT kernel study (its tables 5 and 6) as one resumable queue: ``ntk-peft study rocoft``.
 
-Jobs, in order: for each k, for each task, one ``ntk-compare`` run (kernels full, row1, col1, lora1 and
-the row/column-selection ablation: random and Wanda-max rows and columns) and one fine-tuning run per
+Jobs, in order: for each k, for each task, one ``ntk-compare`` run (kernels full, row1, col1, lora1 and,
+at k = 16, the row/column-selection ablation: random and Wanda-max rows and columns) and one fine-tuning run per
 adapter (``full``: the table's "Full FT" row; ``lora1``, ``row1``) and seed. A finished job leaves a
 small, committable record under ``results/<study>/<TASK>-k<k>/``:
 
@@ -39,6 +39,7 @@ ABLATION_SUBSETS = ("row1:random", "row1:wanda-max", "col1:random", "col1:wanda-
 FINE_TUNING_LR = {"full": 1e-5, "lora1": 1e-3, "row1": 1e-3}
 DEFAULT_MAX_EVAL = 1000
 HEATMAP_K = 16  # figure data holds train kernels at this k only (k = 64 kernels are 16x larger)
+ABLATION_K = 16  # the row/column-selection ablation runs at this k only
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,9 @@ class StudyConfig:
     data_dir: str | None = None
     block_size: int = 16
 
-    @property
-    def subsets(self) -> list[str]:
-        return [*TABLE_SUBSETS, *(ABLATION_SUBSETS if self.ablation else ())]
+    def subsets(self, k: int) -> list[str]:
+        """The kernel subsets at ``k``: the table's, and at `ABLATION_K` the selection ablation's."""
+        return [*TABLE_SUBSETS, *(ABLATION_SUBSETS if self.ablation and k == ABLATION_K else ())]
 
 
 def parse_tasks(text: str) -> list[str]:
@@ -136,7 +137,7 @@ def job_done(job: StudyJob, config: StudyConfig) -> bool:
     if job.kind == "kernels":
         results = _read_json(folder / "results.json")
         return (results is not None and results.get("seeds") == config.seeds and results.get("model") == config.model
-                and results.get("kernel_subsets") == config.subsets and results.get("max_eval") == config.max_eval)
+                and results.get("kernel_subsets") == config.subsets(job.k) and results.get("max_eval") == config.max_eval)
     record = _read_json(folder / "fine_tuning.json") or {}
     return str(job.seed) in record.get("runs", {}).get(job.adapter, {})
 
@@ -156,7 +157,7 @@ def train_config(job: StudyJob, config: StudyConfig):
 def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> None:
     """One task's ntk-compare run, then its results and figure data into the results folder (rank 0)."""
     out = config.runs / "kernels" / job.folder
-    results = run_compare(job.task, config.subsets, k=job.k, seeds=config.seeds, model_name=config.model,
+    results = run_compare(job.task, config.subsets(job.k), k=job.k, seeds=config.seeds, model_name=config.model,
                           max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
                           progress=progress)
     if not distributed.is_main():

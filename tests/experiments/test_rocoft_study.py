@@ -29,6 +29,8 @@ def test_queue_order_and_parsing():
     assert [j.describe() for j in jobs[:4]] == ["kernels SST-2 k=16", "fine-tune full SST-2 k=16 seed 13",
                                                 "fine-tune full SST-2 k=16 seed 21", "kernels RTE k=16"]
     assert len(jobs) == 2 * 2 * 3 and jobs[6] == StudyJob("kernels", "SST-2", 64)
+    assert config.subsets(16)[4:] == ["row1:random", "row1:wanda-max", "col1:random", "col1:wanda-max"]
+    assert config.subsets(64) == ["full", "row1", "col1", "lora1"]  # the selection ablation at k = 16 only
     assert parse_tasks("single") == ["SST-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec"]
     assert parse_tasks("all")[-6:] == ["MNLI", "SNLI", "QNLI", "RTE", "MRPC", "QQP"]
     assert parse_fine_tune("none") == []
