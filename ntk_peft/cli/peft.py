@@ -387,13 +387,14 @@ def _study(args) -> int:
     main = distributed.is_main()  # asked before the process group ends
     finished = False
     try:
-        done = run_study(config, after_each=lambda _: write_report(config.results))
+        done = run_study(config, after_each=lambda jobs: write_report(  # the tables; a kernel job's figures
+            config.results, figures={j.folder for j in jobs if j.kind == "kernels"}))
         finished = True
     finally:
         if launched:
             distributed.shutdown(wait=finished)
     if main:
-        print(f"{len(done)} jobs run; report: {write_report(config.results)}")
+        print(f"{len(done)} jobs run; report: {write_report(config.results, figures=False)}")
     return 0
 
 

@@ -128,7 +128,7 @@ def ablation_table(study: dict) -> list[str]:
 
 def cost(entry: dict) -> tuple[float, float]:
     """(kernel hours, fine-tuning hours) recorded in a task's files: the compute seconds stored with the
-    kernel and projection blocks, and each run's training seconds (its evaluation passes not counted)."""
+    kernel and projection blocks, and each run's wall time (training, dev and final evaluation)."""
     kernels = 0.0
     if "results" in entry:
         timing = entry["results"]["timing_s"]
@@ -184,8 +184,9 @@ def replace_section(readme: str, section: str) -> str:
     return readme.rstrip("\n") + "\n\n" + section + "\n"
 
 
-def draw_figures(folder: str | Path) -> list[Path]:
-    """Per task and k with figure data: the train-kernel heatmaps (k = 16) and spectra, under ``figures/``."""
+def draw_figures(folder: str | Path, only: set[str] | None = None) -> list[Path]:
+    """Per task and k with figure data (``only`` these ``<TASK>-k<k>`` folders, if given): the train-kernel
+    heatmaps (k = 16) and spectra, under ``figures/``."""
     from ntk_peft.plotting import scalar_heatmaps, spectra_plot
 
     folder = Path(folder)
@@ -193,6 +194,8 @@ def draw_figures(folder: str | Path) -> list[Path]:
     out.mkdir(exist_ok=True)
     paths = []
     for path in sorted(folder.glob("*-k*/figure_data.json")):
+        if only is not None and path.parent.name not in only:
+            continue
         data = json.loads(path.read_text())
         name = path.parent.name
         results = json.loads((path.parent / "results.json").read_text())
@@ -206,12 +209,13 @@ def draw_figures(folder: str | Path) -> list[Path]:
     return paths
 
 
-def write_report(folder: str | Path, figures: bool = True) -> Path:
-    """Rewrite the generated part of ``folder/README.md`` (and, with ``figures``, redraw the figures)."""
+def write_report(folder: str | Path, figures: bool | set[str] = True) -> Path:
+    """Rewrite the generated part of ``folder/README.md``; ``figures``: redraw every figure (True), none
+    (False) or those of a set of ``<TASK>-k<k>`` folders."""
     folder = Path(folder)
     readme = folder / "README.md"
     text = readme.read_text() if readme.is_file() else "# RoCoFT tables 5 and 6 on SmolLM2-135M\n"
     write_text(readme, replace_section(text, report_section(folder)))
     if figures:
-        draw_figures(folder)
+        draw_figures(folder, None if figures is True else set(figures))
     return readme

@@ -130,6 +130,11 @@ def test_write_report_keeps_the_hand_written_text_and_is_deterministic(small_stu
     assert readme.read_text() == first
     assert (config.results / "figures" / "SST-2-k16-heatmaps.png").stat().st_size > 10_000
     assert (config.results / "figures" / "RTE-k16-spectra.png").stat().st_size > 10_000
+    for path in (config.results / "figures").iterdir():
+        path.unlink()
+    write_report(config.results, figures={"RTE-k16"})  # what the CLI redraws after RTE's kernel job
+    assert sorted(p.name for p in (config.results / "figures").iterdir()) == ["RTE-k16-heatmaps.png",
+                                                                              "RTE-k16-spectra.png"]
 
 
 def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
