@@ -37,6 +37,10 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
         return EXIT_USER_ERROR
     except SystemExit as stop:  # argparse's own exits (--help, usage errors)
         return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as Python's docs advise
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 1
     except KeyboardInterrupt:  # on a line of its own, below any progress bar
         print("\ninterrupted; finished blocks, checkpoints and results are kept: run the same command again to "
               "resume", file=sys.stderr)

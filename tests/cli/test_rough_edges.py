@@ -143,3 +143,15 @@ def test_train_shows_its_final_evaluation_and_compare_says_where_figures_went(ca
     assert code == 0, err
     assert f"figures: {tmp_path / 'compare' / 'figures'}" in out
     assert (tmp_path / "compare" / "figures" / "kernel_heatmaps.png").is_file()
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """``ntk-peft study rocoft --status | head -1``: no traceback when the reader leaves early."""
+    import subprocess
+    import sys
+
+    command = (f"{sys.executable} -m ntk_peft.cli.peft study rocoft --status --results {tmp_path / 'r'} "
+               f"| head -1")
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True, timeout=300)
+    assert done.stdout.startswith("pending  kernels SST-2 k=16")
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
