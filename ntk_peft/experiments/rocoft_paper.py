@@ -11,6 +11,13 @@ from __future__ import annotations
 
 SINGLE_TASKS = ("SST-2", "sst-5", "mr", "cr", "mpqa", "subj", "trec")
 PAIR_TASKS = ("MNLI", "SNLI", "QNLI", "RTE", "MRPC", "QQP")
+# The paper's spelling of each task (the keys are the toolkit's task names, as in the data folders).
+PAPER_NAMES = {"sst-5": "SST-5", "mr": "MR", "cr": "CR", "mpqa": "MPQA", "subj": "Subj", "trec": "TREC"}
+
+
+def paper_name(task: str) -> str:
+    """``sst-5`` -> ``SST-5``; names the paper spells as we do are returned unchanged."""
+    return PAPER_NAMES.get(task, task)
 
 
 def _row(tasks: tuple[str, ...], cells: str) -> dict[str, str]:

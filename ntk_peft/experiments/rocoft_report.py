@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS, TABLE5, TABLE6
+from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS, TABLE5, TABLE6, paper_name
 from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, FINE_TUNING_LR, TABLE_SUBSETS
 from ntk_peft.io import write_text
 
@@ -98,14 +98,14 @@ def table5(study: dict, k: int, tasks: tuple[str, ...]) -> list[str]:
             ours = fine_tuning_accuracy(entry, name) if source == "fine_tuning" else kernel_accuracy(entry, name)
             cells.append(ours if paper is None else f"{ours} [{TABLE5[k].get(paper, {}).get(task, '-')}]")
         rows.append([label, *cells])
-    return _table([f"k = {k}", *tasks], rows)
+    return _table([f"k = {k}", *map(paper_name, tasks)], rows)
 
 
 def table6(study: dict, tasks: tuple[str, ...]) -> list[str]:
     """Table 6 (k = 16): relative differences of K_row1, K_col1 and K_lora1 to K_θ, p = 1, 2 [paper]."""
     rows = [[f"K_{s}, p={p}", *[difference_cell(study.get((t, 16)), s, p, t) for t in tasks]]
             for s in TABLE_SUBSETS if s != "full" for p in (1, 2)]
-    return _table(["k = 16", *tasks], rows)
+    return _table(["k = 16", *map(paper_name, tasks)], rows)
 
 
 def ablation_table(study: dict) -> list[str]:
@@ -122,7 +122,7 @@ def ablation_table(study: dict) -> list[str]:
             accuracy = kernel_accuracy(entry, s)
             difference = difference_cell(entry, s, 2, task).split(" [")[0]
             cells.append("pending" if accuracy == "pending" else f"{accuracy} / {difference}")
-        rows.append([task, *cells])
+        rows.append([paper_name(task), *cells])
     return _table(header, rows)
 
 
@@ -145,7 +145,7 @@ def status_table(study: dict) -> list[str]:
         for task in (*SINGLE_TASKS, *PAIR_TASKS):
             entry = study.get((task, k))
             if entry is None:
-                rows.append([task, str(k), "pending", "0", "-", "-"])
+                rows.append([paper_name(task), str(k), "pending", "0", "-", "-"])
                 continue
             results = entry.get("results")
             runs = entry.get("fine_tuning", {}).get("runs", {})
@@ -154,7 +154,7 @@ def status_table(study: dict) -> list[str]:
             totals[0] += hours[0]
             totals[1] += hours[1]
             evaluated = str(results["per_seed"][0]["n_eval"]) if results else "-"
-            rows.append([task, str(k), f"{len(results['seeds'])} seeds" if results else "pending", done, evaluated,
+            rows.append([paper_name(task), str(k), f"{len(results['seeds'])} seeds" if results else "pending", done, evaluated,
                          f"{hours[0]:.2f} + {hours[1]:.2f}"])
     rows.append(["all", "", "", "", "", f"{totals[0]:.2f} + {totals[1]:.2f} = {sum(totals):.2f}"])
     return _table(["task", "k", "kernels", "fine-tuning runs (adapter seeds)", "n eval", "CPU hours kernels + FT"],
@@ -199,7 +199,7 @@ def draw_figures(folder: str | Path, only: set[str] | None = None) -> list[Path]
         data = json.loads(path.read_text())
         name = path.parent.name
         results = json.loads((path.parent / "results.json").read_text())
-        title = f"{results['task']}, {results['model']}, k={results['k']}, seed {data['seed']}"
+        title = f"{paper_name(results['task'])}, {results['model']}, k={results['k']}, seed {data['seed']}"
         chosen = [s for s in TABLE_SUBSETS if s in data["spectra"]]
         if data["heatmaps"]:
             paths.append(scalar_heatmaps({s: np.array(data["heatmaps"][s]) for s in chosen}, np.array(data["labels"]),

@@ -117,6 +117,9 @@ def test_report_cells_come_from_the_records_and_the_rest_is_pending(small_study)
     lora_ft = next(line for line in section.splitlines() if line.startswith("| LoRA-1 FT |"))
     assert lora_ft.split(" | ")[1] == "pending"  # not fine-tuned in this study: no number, no paper value
     assert "| RTE | 16 | 2 seeds | full 2, row1 2 | 8 |" in section
+    # columns and rows carry the paper's task names, not the data folders' (sst-5, mr, ...)
+    assert "| k = 16 | SST-2 | SST-5 | MR | CR | MPQA | Subj | TREC |" in section
+    assert "| SST-5 | 16 | pending |" in section and "| sst-5 |" not in section
 
 
 def test_write_report_keeps_the_hand_written_text_and_is_deterministic(small_study, tmp_path):
