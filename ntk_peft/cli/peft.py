@@ -148,6 +148,9 @@ def build_parser() -> Parser:
     rocoft.add_argument("--results", default="results/rocoft-smollm2",
                         help="committable results, README and figures (default results/rocoft-smollm2)")
     rocoft.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
+    rocoft.add_argument("--kernel-jobs", choices=("task", "seed"), default="task",
+                        help="one kernel job per task (default) or per seed: each seed recorded as it finishes, "
+                             "for machines that may be lost mid-task, at one evaluation pass per seed")
     what = rocoft.add_mutually_exclusive_group()
     what.add_argument("--status", action="store_true", help="list the queue and what is done; run nothing")
     what.add_argument("--report", action="store_true",
@@ -363,7 +366,8 @@ def _study(args) -> int:
     config = StudyConfig(tasks=parse_tasks(args.tasks), ks=list(dict.fromkeys(args.k)),
                          seeds=args.seeds or list(DEFAULT_SEEDS), fine_tune=parse_fine_tune(args.fine_tune),
                          ablation=not args.no_ablation, model=args.model, max_eval=args.max_eval or None,
-                         epochs=args.epochs, runs=Path(args.runs), results=Path(args.results), data_dir=args.data_dir)
+                         epochs=args.epochs, runs=Path(args.runs), results=Path(args.results), data_dir=args.data_dir,
+                         kernel_jobs=args.kernel_jobs)
     if min(config.ks) < 1:
         raise UserError(f"--k takes positive integers, got {args.k}")
     check_output_dir(config.results)

@@ -309,7 +309,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
                 prompt: dict | None = None, adapter_checkpoint: str | Path | None = None,
-                eval_kernels: bool = False, kernels=("ntk",)) -> dict:
+                eval_kernels: bool = False, kernels=("ntk",), calibration_seed: int | None = None) -> dict:
     """The whole study over seeds; writes ``results.json`` in ``out``.
 
     ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
@@ -321,6 +321,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     (kernels are still used where a solver has no direction form: the multi-class SVM).
     ``kernels``: kernel types (``ntk``, ``signgd``, ``asymmetric_signgd``); results are keyed by
     `kernel_key` (``row1`` for the NTK, ``signgd:row1``), solved by `kernel_solver`.
+    ``calibration_seed``: whose training prompts calibrate ``wanda-*`` subsets (default the first of
+    ``seeds``); a run split into one call per seed passes the same seed to every call.
     """
     spec = get_task(task)
     for text in subsets:
@@ -353,7 +355,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     model = model.to(distributed.device())  # this rank's GPU under nccl
     started = time.perf_counter()
     kernel_names = ["full", *[s for s in subsets if s != "full"]]
-    calibration = wanda_calibration(tokenizer, spec, kernel_names, k, seeds[0], data_dir, block_size, prompt)
+    calibration_seed = seeds[0] if calibration_seed is None else calibration_seed
+    calibration = wanda_calibration(tokenizer, spec, kernel_names, k, calibration_seed, data_dir, block_size, prompt)
     plan_options = dict(max_eval=max_eval, data_dir=data_dir, block_size=block_size, implementation=implementation,
                         prompt=prompt, calibration=calibration)
     kernels_0: dict[int, dict] = {}
@@ -416,24 +419,66 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                for t in kernel_types}
     timing["train_dev_kernels_by_type"] = by_type
     names = [*keys, "zeroshot"]
-    summary = {
-        "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in names},
-        "relative_difference": {s: {p: _summary([r["relative_difference"][s][p] for r in per_seed])
-                                    for p in ("p1", "p2")} for s in per_seed[0]["relative_difference"]},
-    }
-    if checkpoint is not None:
-        summary["kernel_distance"] = {n: _summary([r["kernel_distance"][n] for r in per_seed]) for n in kernel_names}
     results = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds), "solver": solver,
                "kernel_types": {t.value: {"solver": kernel_solver(t, solver),
                                           "output": kernel_output(t, len(spec.labels))} for t in kernel_types},
                "subsets": [n for n in names if n != "zeroshot"], "kernel_subsets": kernel_names, "offset_f0": offset, "max_eval": max_eval,
                "adapter_checkpoint": described, "eval_predictions": "projections" if by_projection else "kernels",
-               "per_seed": per_seed, "summary": summary,
+               **({"wanda_calibration_seed": calibration_seed} if calibration is not None else {}),
+               "per_seed": per_seed, "summary": summarize_seeds(per_seed),
                "timing_s": {"total": time.perf_counter() - started,
                             "kernels_recorded": sum(r["timing_s"]["kernels_s"] for r in per_seed), **timing}}
     out.mkdir(parents=True, exist_ok=True)
     write_json(results_path, results)
     return distributed.broadcast(results)
+
+
+def summarize_seeds(per_seed: list[dict]) -> dict:
+    """Mean and std (ddof 0) over seeds of each accuracy, relative difference and, at a checkpoint,
+    kernel distance in ``per_seed`` (the entries of a results file's ``per_seed``)."""
+    first = per_seed[0]
+    summary = {
+        "accuracy": {n: _summary([r["accuracy"][n] for r in per_seed]) for n in first["accuracy"]},
+        "relative_difference": {s: {p: _summary([r["relative_difference"][s][p] for r in per_seed])
+                                    for p in ("p1", "p2")} for s in first["relative_difference"]},
+    }
+    if "kernel_distance" in first:
+        summary["kernel_distance"] = {n: _summary([r["kernel_distance"][n] for r in per_seed])
+                                      for n in first["kernel_distance"]}
+    return summary
+
+
+def _sum_timings(timings: list[dict]) -> dict:
+    """Seconds added up key by key (nested dicts, such as the seconds per kernel type, too)."""
+    total: dict = {}
+    for timing in timings:
+        for key, value in timing.items():
+            total[key] = _sum_timings([total.get(key, {}), value]) if isinstance(value, dict) \
+                else total.get(key, 0.0) + value
+    return total
+
+
+def combine_seed_results(parts: list[dict]) -> dict:
+    """One results file from `run_compare` results of the same run over disjoint seeds (e.g. one call per
+    seed): the per-seed entries in the order of the parts, the summary over all of them, the seconds
+    added up. Everything else must agree, or `UserError`."""
+    if not parts:
+        raise UserError("no per-seed results to combine")
+    varying = ("seeds", "per_seed", "summary", "timing_s")
+    shared = {key: value for key, value in parts[0].items() if key not in varying}
+    for part in parts[1:]:
+        other = {key: value for key, value in part.items() if key not in varying}
+        if other != shared:
+            differ = sorted(key for key in {*shared, *other} if shared.get(key) != other.get(key))
+            raise UserError(f"per-seed results of different runs cannot be combined (they differ in {', '.join(differ)})")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"per-seed results repeat a seed: {seeds}")
+    per_seed = [entry for part in parts for entry in part["per_seed"]]
+    results = {key: value for key, value in parts[0].items() if key not in ("summary", "timing_s")}
+    results.update(seeds=seeds, per_seed=per_seed, summary=summarize_seeds(per_seed),
+                   timing_s=_sum_timings([part["timing_s"] for part in parts]))
+    return results
 
 
 def format_table(results: dict) -> str:

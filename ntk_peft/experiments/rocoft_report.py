@@ -25,7 +25,8 @@ FINE_TUNING_NAMES = {"full": "Full FT", "lora1": "LoRA-1 FT", "row1": "Row-1 FT"
 
 
 def load_study(folder: str | Path) -> dict[tuple[str, int], dict]:
-    """(task, k) -> ``{"results": ..., "fine_tuning": ...}`` (either may be missing) for every task folder."""
+    """(task, k) -> ``{"results": ..., "fine_tuning": ..., "kernel_seeds": [...]}`` (any may be missing) for
+    every task folder; ``kernel_seeds``: the results of per-seed kernel jobs not yet combined."""
     study: dict[tuple[str, int], dict] = {}
     for task in (*SINGLE_TASKS, *PAIR_TASKS):
         for k in KS:
@@ -34,6 +35,9 @@ def load_study(folder: str | Path) -> dict[tuple[str, int], dict]:
                 path = Path(folder) / f"{task}-k{k}" / f"{name}.json"
                 if path.is_file():
                     entry[name] = json.loads(path.read_text())
+            records = sorted(Path(folder).glob(f"{task}-k{k}/kernel-seeds/seed-*.json"))
+            if records and "results" not in entry:
+                entry["kernel_seeds"] = [json.loads(path.read_text())["results"] for path in records]
             if entry:
                 study[task, k] = entry
     return study
@@ -130,9 +134,9 @@ def cost(entry: dict) -> tuple[float, float]:
     """(kernel hours, fine-tuning hours) recorded in a task's files: the compute seconds stored with the
     kernel and projection blocks, and each run's wall time (training, dev and final evaluation)."""
     kernels = 0.0
-    if "results" in entry:
-        timing = entry["results"]["timing_s"]
-        kernels = timing.get("kernels_recorded", 0.0) + timing.get("projections_recorded", 0.0)
+    for results in [entry["results"]] if "results" in entry else entry.get("kernel_seeds", []):
+        timing = results["timing_s"]
+        kernels += timing.get("kernels_recorded", 0.0) + timing.get("projections_recorded", 0.0)
     runs = entry.get("fine_tuning", {}).get("runs", {})
     training = sum(r["train_seconds"] for adapter in runs.values() for r in adapter.values())
     return kernels / 3600, training / 3600
@@ -153,9 +157,12 @@ def status_table(study: dict) -> list[str]:
             hours = cost(entry)
             totals[0] += hours[0]
             totals[1] += hours[1]
-            evaluated = str(results["per_seed"][0]["n_eval"]) if results else "-"
-            rows.append([paper_name(task), str(k), f"{len(results['seeds'])} seeds" if results else "pending", done, evaluated,
-                         f"{hours[0]:.2f} + {hours[1]:.2f}"])
+            parts = entry.get("kernel_seeds", [])
+            first = results or (parts[0] if parts else None)
+            evaluated = str(first["per_seed"][0]["n_eval"]) if first else "-"
+            kernels = (f"{len(results['seeds'])} seeds" if results else
+                       f"pending ({len(parts)} seed{'s' * (len(parts) != 1)} recorded)" if parts else "pending")
+            rows.append([paper_name(task), str(k), kernels, done, evaluated, f"{hours[0]:.2f} + {hours[1]:.2f}"])
     rows.append(["all", "", "", "", "", f"{totals[0]:.2f} + {totals[1]:.2f} = {sum(totals):.2f}"])
     return _table(["task", "k", "kernels", "fine-tuning runs (adapter seeds)", "n eval", "CPU hours kernels + FT"],
                   rows)

@@ -12,6 +12,12 @@ small, committable record under ``results/<study>/<TASK>-k<k>/``:
 
 A full fine-tuning run's model-sized files are deleted once it is finished (`drop_model_weights`).
 
+With ``kernel_jobs="seed"`` (``--kernel-jobs seed``) a task's kernels are one job per seed, each recorded
+as it finishes in ``kernel-seeds/seed-<seed>.json`` and combined into ``results.json`` (and
+``figure_data.json``) once every seed is there: a machine that is lost between jobs (a preemptible or
+time-limited one) loses one seed's work, not the task's. The price is one pass over the evaluation
+set per seed instead of one for all seeds (the projections; about a quarter of a k = 16 task's time).
+
 Kernel blocks and fine-tuning checkpoints stay in ``runs/`` (never committed): an interrupted job
 resumes from them, and a finished job is found in the results folder and skipped. Under torchrun the
 kernel jobs share their blocks over the ranks (`run_compare`) and fine-tuning runs are dealt out to
@@ -38,6 +44,7 @@ ABLATION_SUBSETS = ("row1:random", "row1:wanda-max", "col1:random", "col1:wanda-
 # AdamW learning rate per fine-tuned adapter, 10 epochs at batch size 8 (see results/rocoft-smollm2/README.md).
 FINE_TUNING_LR = {"full": 1e-5, "lora1": 1e-3, "row1": 1e-3}
 DEFAULT_MAX_EVAL = 1000
+KERNEL_JOBS = ("task", "seed")
 HEATMAP_K = 16  # figure data holds train kernels at this k only (k = 64 kernels are 16x larger)
 ABLATION_K = 16  # the row/column-selection ablation runs at this k only
 
@@ -50,7 +57,7 @@ class StudyJob:
     task: str  # the task's LM-BFF name, e.g. SST-2
     k: int
     adapter: str | None = None
-    seed: int | None = None
+    seed: int | None = None  # a fine-tuning run's seed; a kernel job's with per-seed kernel jobs (else all seeds)
 
     @property
     def folder(self) -> str:
@@ -58,8 +65,9 @@ class StudyJob:
         return f"{self.task}-k{self.k}"
 
     def describe(self) -> str:
-        return (f"kernels {self.task} k={self.k}" if self.kind == "kernels"
-                else f"fine-tune {self.adapter} {self.task} k={self.k} seed {self.seed}")
+        if self.kind == "kernels":
+            return f"kernels {self.task} k={self.k}" + ("" if self.seed is None else f" seed {self.seed}")
+        return f"fine-tune {self.adapter} {self.task} k={self.k} seed {self.seed}"
 
 
 @dataclass
@@ -78,6 +86,11 @@ class StudyConfig:
     results: Path = Path("results/rocoft-smollm2")
     data_dir: str | None = None
     block_size: int = 16
+    kernel_jobs: str = "task"  # "task": one kernel job per task and k (all seeds); "seed": one per seed
+
+    def __post_init__(self):
+        if self.kernel_jobs not in KERNEL_JOBS:
+            raise UserError(f"kernel jobs are per {' or per '.join(KERNEL_JOBS)}, got {self.kernel_jobs!r}")
 
     def subsets(self, k: int) -> list[str]:
         """The kernel subsets at ``k``: the table's, and at `ABLATION_K` the selection ablation's."""
@@ -119,7 +132,10 @@ def study_jobs(config: StudyConfig) -> list[StudyJob]:
     jobs = []
     for k in config.ks:
         for task in config.tasks:
-            jobs.append(StudyJob("kernels", task, k))
+            if config.kernel_jobs == "seed":
+                jobs += [StudyJob("kernels", task, k, seed=seed) for seed in config.seeds]
+            else:
+                jobs.append(StudyJob("kernels", task, k))
             jobs += [StudyJob("train", task, k, adapter, seed) for adapter in config.fine_tune for seed in config.seeds]
     return jobs
 
@@ -131,13 +147,27 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _kernels_match(results: dict | None, config: StudyConfig, k: int, seeds: list[int]) -> bool:
+    """Whether ``results`` are the kernels the study asks for at ``k`` over ``seeds``."""
+    return (results is not None and results.get("seeds") == seeds and results.get("model") == config.model
+            and results.get("kernel_subsets") == config.subsets(k) and results.get("max_eval") == config.max_eval)
+
+
+def seed_record_path(config: StudyConfig, task: str, k: int, seed: int) -> Path:
+    """Where a per-seed kernel job's record waits until every seed has one."""
+    return config.results / f"{task}-k{k}" / "kernel-seeds" / f"seed-{seed}.json"
+
+
 def job_done(job: StudyJob, config: StudyConfig) -> bool:
     """Whether the job's record is in the results folder (for its seeds, subsets and evaluation set)."""
     folder = config.results / job.folder
     if job.kind == "kernels":
-        results = _read_json(folder / "results.json")
-        return (results is not None and results.get("seeds") == config.seeds and results.get("model") == config.model
-                and results.get("kernel_subsets") == config.subsets(job.k) and results.get("max_eval") == config.max_eval)
+        if _kernels_match(_read_json(folder / "results.json"), config, job.k, config.seeds):
+            return True
+        if job.seed is None:
+            return False
+        record = _read_json(seed_record_path(config, job.task, job.k, job.seed)) or {}
+        return _kernels_match(record.get("results"), config, job.k, [job.seed])
     record = _read_json(folder / "fine_tuning.json") or {}
     return str(job.seed) in record.get("runs", {}).get(job.adapter, {})
 
@@ -155,17 +185,48 @@ def train_config(job: StudyJob, config: StudyConfig):
 # ---- running the jobs ------------------------------------------------------------------------------------------
 
 def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> None:
-    """One task's ntk-compare run, then its results and figure data into the results folder (rank 0)."""
+    """One task's ntk-compare run (or one seed's), then its results and figure data into the results
+    folder (rank 0); a seed's record waits in ``kernel-seeds/`` until every seed has one."""
     out = config.runs / "kernels" / job.folder
-    results = run_compare(job.task, config.subsets(job.k), k=job.k, seeds=config.seeds, model_name=config.model,
+    if job.seed is not None:
+        out = out / f"seed-{job.seed}-job"  # the stores of a one-seed run (its projections are its own)
+    results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model,
+                          seeds=config.seeds if job.seed is None else [job.seed], calibration_seed=config.seeds[0],
                           max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
                           progress=progress)
     if not distributed.is_main():
         return
     folder = config.results / job.folder
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "figure_data.json", figure_data(out, results, heatmaps=job.k == HEATMAP_K))
-    write_json(folder / "results.json", results)  # last: its presence marks the job done
+    heatmaps = job.k == HEATMAP_K
+    if job.seed is None:
+        write_json(folder / "figure_data.json", figure_data(out, results, heatmaps))
+        write_json(folder / "results.json", results)  # last: its presence marks the job done
+        return
+    first = job.seed == config.seeds[0]  # the figures show the first seed's kernels
+    record = seed_record_path(config, job.task, job.k, job.seed)
+    record.parent.mkdir(exist_ok=True)
+    write_json(record,
+               {"results": results, "figure_data": figure_data(out, results, heatmaps) if first else None})
+    combine_seed_records(config, job.task, job.k)
+
+
+def combine_seed_records(config: StudyConfig, task: str, k: int) -> bool:
+    """Once every seed of a task's per-seed kernel jobs is recorded: ``results.json`` and
+    ``figure_data.json`` from the records (`combine_seed_results`), and the records removed. Returns
+    whether the task's kernels are complete."""
+    import shutil
+
+    from ntk_peft.experiments.compare import combine_seed_results
+
+    records = [_read_json(seed_record_path(config, task, k, seed)) or {} for seed in config.seeds]
+    if not all(_kernels_match(r.get("results"), config, k, [seed]) for r, seed in zip(records, config.seeds)):
+        return False
+    folder = config.results / f"{task}-k{k}"
+    write_json(folder / "figure_data.json", records[0]["figure_data"])
+    write_json(folder / "results.json", combine_seed_results([r["results"] for r in records]))
+    shutil.rmtree(folder / "kernel-seeds")
+    return True
 
 
 def figure_data(run_folder: Path, results: dict, heatmaps: bool) -> dict:

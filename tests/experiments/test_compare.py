@@ -337,3 +337,25 @@ def test_wanda_subsets_select_rows_on_the_first_seeds_training_prompts(tmp_path)
                            implementation="reference", calibration=calibration)["row1:wanda-max"]
     saved = load_file(str(tmp_path / "seed-21" / "train_kernels.safetensors"))["K/row1:wanda-max"]
     assert (saved - direct).abs().max() <= 1e-5 * direct.abs().max()
+
+
+def test_per_seed_results_combine_into_one_summary_and_refuse_other_runs():
+    from ntk_peft.errors import UserError
+    from ntk_peft.experiments.compare import combine_seed_results
+
+    def part(seed, row1, **changed):
+        return {"task": "SST-2", "k": 16, "seeds": [seed], "summary": {},
+                "per_seed": [{"seed": seed, "accuracy": {"row1": row1},
+                              "relative_difference": {"row1": {"p1": row1 / 10, "p2": row1 / 5}}}],
+                "timing_s": {"total": 10.0, "kernels_recorded": 4.0, "by_type": {"ntk": 4.0}}, **changed}
+
+    combined = combine_seed_results([part(13, 0.5), part(21, 0.75), part(42, 1.0)])
+    assert combined["seeds"] == [13, 21, 42] and [r["seed"] for r in combined["per_seed"]] == [13, 21, 42]
+    values = np.array([0.5, 0.75, 1.0])
+    assert combined["summary"]["accuracy"]["row1"] == {"mean": float(values.mean()), "std": float(values.std())}
+    assert combined["summary"]["relative_difference"]["row1"]["p2"]["mean"] == pytest.approx(values.mean() / 5, rel=1e-15)
+    assert combined["timing_s"] == {"total": 30.0, "kernels_recorded": 12.0, "by_type": {"ntk": 12.0}}
+    with pytest.raises(UserError, match="differ in k, max_eval"):
+        combine_seed_results([part(13, 0.5), part(21, 0.5, k=64, max_eval=8)])
+    with pytest.raises(UserError, match="repeat a seed"):
+        combine_seed_results([part(13, 0.5), part(13, 0.5)])

@@ -16,6 +16,7 @@ from ntk_peft.experiments.rocoft_study import (
     job_done,
     parse_fine_tune,
     parse_tasks,
+    run_kernels,
     run_study,
     study_jobs,
 )
@@ -140,6 +141,46 @@ def test_write_report_keeps_the_hand_written_text_and_is_deterministic(small_stu
                                                                               "RTE-k16-spectra.png"]
 
 
+def test_per_seed_kernel_jobs_record_each_seed_then_make_the_records_of_one_job(small_study, tmp_path):
+    """``kernel_jobs="seed"``: a seed's kernels are recorded as they finish, so a machine lost between seeds
+    loses none of them; once every seed is there, the results and figure data are those of the one-job
+    run (the same per-seed numbers: the Wanda-max subsets are calibrated on the first seed in both)."""
+    whole_config, _, _ = small_study
+    config = StudyConfig(tasks=["SST-2"], ks=[16], seeds=[13, 21], fine_tune=[], model="tiny-llama", max_eval=8,
+                         runs=tmp_path / "runs", results=tmp_path / "results", kernel_jobs="seed")
+    jobs = study_jobs(config)
+    assert [j.describe() for j in jobs] == ["kernels SST-2 k=16 seed 13", "kernels SST-2 k=16 seed 21"]
+    run_kernels(jobs[0], config, progress=False)  # ... and the machine is lost
+    folder = config.results / "SST-2-k16"
+    assert job_done(jobs[0], config) and not job_done(jobs[1], config) and not (folder / "results.json").exists()
+    assert "| SST-2 | 16 | pending (1 seed recorded) | 0 | 8 |" in report_section(config.results)
+    assert run_study(config, progress=False) == [jobs[1]]  # on a new machine: the missing seed only
+    assert all(job_done(j, config) for j in jobs) and not (folder / "kernel-seeds").exists()
+
+    combined = json.loads((folder / "results.json").read_text())
+    whole = json.loads((whole_config.results / "SST-2-k16" / "results.json").read_text())
+    assert combined["seeds"] == [13, 21] and combined["wanda_calibration_seed"] == whole["wanda_calibration_seed"] == 13
+    assert {k: v for k, v in combined.items() if k not in ("per_seed", "summary", "timing_s")} == \
+        {k: v for k, v in whole.items() if k not in ("per_seed", "summary", "timing_s")}
+    for ours, theirs in zip(combined["per_seed"], whole["per_seed"]):
+        assert ours["seed"] == theirs["seed"] and ours["accuracy"] == theirs["accuracy"]
+        for subset, values in theirs["relative_difference"].items():
+            for p, value in values.items():
+                np.testing.assert_allclose(ours["relative_difference"][subset][p], value, rtol=1e-10, atol=0)
+    for name, values in whole["summary"]["relative_difference"].items():
+        np.testing.assert_allclose(combined["summary"]["relative_difference"][name]["p2"]["mean"], values["p2"]["mean"],
+                                   rtol=1e-10, atol=0)
+    assert combined["summary"]["accuracy"] == whole["summary"]["accuracy"]
+    assert combined["timing_s"]["kernels_recorded"] == pytest.approx(
+        sum(r["timing_s"]["kernels_s"] for r in combined["per_seed"]), rel=1e-12)
+    figures = json.loads((folder / "figure_data.json").read_text())
+    expected = json.loads((whole_config.results / "SST-2-k16" / "figure_data.json").read_text())
+    assert figures["seed"] == 13 and figures["labels"] == expected["labels"]
+    for name in expected["heatmaps"]:
+        np.testing.assert_allclose(figures["heatmaps"][name], expected["heatmaps"][name], rtol=1e-5, atol=0)
+        np.testing.assert_allclose(figures["spectra"][name], expected["spectra"][name], rtol=1e-5, atol=1e-12)
+
+
 def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
     from ntk_peft.cli.common import run_cli
     from ntk_peft.cli.peft import main
@@ -154,6 +195,10 @@ def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
     assert "done     kernels SST-2 k=16\n1 of 1 jobs done" in capsys.readouterr().out
     assert run_cli(main, [*argv[:2], "--tasks", "cola"]) == 2
     assert "not a task of RoCoFT's tables 5/6" in capsys.readouterr().err
+    assert run_cli(main, [*argv, "--kernel-jobs", "seed", "--status"]) == 0  # the task's record counts for its seeds
+    assert "done     kernels SST-2 k=16 seed 13\n1 of 1 jobs done" in capsys.readouterr().out
+    assert run_cli(main, [*argv, "--kernel-jobs", "task-and-seed"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_committed_readme_tables_regenerate_bit_identically():
@@ -165,16 +210,17 @@ def test_committed_readme_tables_regenerate_bit_identically():
 
 
 def test_under_torchrun_two_ranks_give_the_records_of_one_process(tmp_path):
-    """Kernel blocks shared over 2 gloo ranks and the fine-tuning runs dealt out (one seed per rank): the
-    records equal one process's, apart from timings."""
+    """Kernel blocks shared over 2 gloo ranks and the fine-tuning runs dealt out (one seed per rank), with
+    one kernel job per task or per seed: the records equal one process's, apart from timings."""
     from tests.ntk.test_distributed import torchrun
 
     argv = ["-m", "ntk_peft.cli.peft", "study", "rocoft", "--tasks", "sst2", "--k", "16", "--seeds", "13,21",
             "--fine-tune", "row1", "--no-ablation", "--model", "tiny-llama", "--max-eval", "6", "--epochs", "1"]
     records = {}
-    for nproc in (1, 2):
-        out = tmp_path / f"p{nproc}"
-        done = torchrun(nproc, *argv, "--runs", str(out / "runs"), "--results", str(out / "results"))
+    for nproc, kernel_jobs in ((1, "task"), (2, "task"), (2, "seed")):
+        out = tmp_path / f"p{nproc}-{kernel_jobs}"
+        done = torchrun(nproc, *argv, "--runs", str(out / "runs"), "--results", str(out / "results"),
+                        "--kernel-jobs", kernel_jobs)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.count("jobs run; report:") == 1  # rank 0 alone reports
         assert ("fine-tune row1 SST-2 k=16 seed 13; fine-tune row1 SST-2 k=16 seed 21" in done.stdout) == (nproc == 2)
@@ -183,6 +229,7 @@ def test_under_torchrun_two_ranks_give_the_records_of_one_process(tmp_path):
         tuning = json.loads((folder / "fine_tuning.json").read_text())
         for run in tuning["runs"]["row1"].values():
             del run["train_seconds"]
-        records[nproc] = ({k: v for k, v in results.items() if k not in ("timing_s", "per_seed")},
-                          [{k: v for k, v in r.items() if k != "timing_s"} for r in results["per_seed"]], tuning)
-    assert records[2] == records[1]
+        records[nproc, kernel_jobs] = ({k: v for k, v in results.items() if k not in ("timing_s", "per_seed")},
+                                       [{k: v for k, v in r.items() if k != "timing_s"} for r in results["per_seed"]],
+                                       tuning)
+    assert records[2, "task"] == records[1, "task"] and records[2, "seed"] == records[1, "task"]
