@@ -1,6 +1,7 @@
 """The RoCoFT study's time on this device, projected from measured unit costs and the study's real workload.
 
-Measured on SmolLM2 (cuda if available, else the CPU) with SST-2 and MNLI prompt blocks of 16:
+Measured on SmolLM2 (cuda if available, else the CPU) with prompt blocks of 16 of SST-2 (C = 2 classes)
+and SST-5 (C = 5):
 
 - ``capture``: recording one block (one forward, C backward passes), per padded token;
 - ``pair``: one block pair's kernels, per product of the two blocks' padded tokens;
@@ -8,14 +9,18 @@ Measured on SmolLM2 (cuda if available, else the CPU) with SST-2 and MNLI prompt
 - ``projection``: an evaluation block projected onto each subset's 5 seeds of directions, per padded token;
 
 the last three for the table's subsets (full, row1, col1, lora1) and the ablation's (random and Wanda
-rows and columns, run at k = 16 only) apart;
+rows and columns, run at k = 16 only) apart. These four grow with the classes, each partly: a capture's
+forward pass is shared by its C backward passes, a pair's input-side products by its C x C outputs. So
+each is measured at C = 2 and 5 and taken at a task's C on the line through the two (in C; in C² for
+``pair``);
 - ``step``: one fine-tuning step (batch 8, AdamW) of ``full``, ``lora1``, ``row1``, per padded token;
 - ``forward``: evaluation forward passes, per padded token.
 
 The workload is the study's own (`ntk_peft.experiments.rocoft_study`): every task's seed-13 train and
 dev blocks (train grouped by class, like ``ntk-compare``) and its evaluation subset (at most 1,000,
 blocked by length), 5 seeds, 10 epochs. Projected hours per task and k are printed (and written with
-``--json``); the kernel part is checked against what a finished study job recorded (``--check
+``--json``), with the kernel part's cost as per-seed jobs (``--kernel-jobs seed``); the kernel part is
+checked against what a finished study job recorded (``--check
 results/rocoft-smollm2``: recorded compute seconds / projected). On a GPU this gives the projected GPU
 time of the whole study.
 
@@ -58,7 +63,9 @@ def padded(batch: dict) -> int:
 
 
 def unit_costs(repeats: int) -> dict:
-    """Seconds per padded token (per token product for ``pair``), averaged over an SST-2 and an MNLI block."""
+    """Seconds per padded token (per token product for ``pair``): ``by_classes`` (rate -> C -> seconds) for
+    the costs that grow with the classes, measured on an SST-2 and an SST-5 block; ``rates`` for the rest
+    (forward passes, fine-tuning steps), averaged over the two."""
     from ntk_peft import load_model
     from ntk_peft.experiments.compare import wanda_calibration
     from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, TABLE_SUBSETS
@@ -75,14 +82,16 @@ def unit_costs(repeats: int) -> dict:
         p.requires_grad_(False)
     names = [*TABLE_SUBSETS, *ABLATION_SUBSETS]
     rates: dict[str, list[float]] = {}
-    for task in ("sst2", "mnli"):
+    by_classes: dict[str, dict[str, float]] = {}
+    for task in ("sst2", "sst-5"):
         spec = get_task(task)
+        classes = str(len(spec.labels))
         split = load_split(spec, 16, 13)
         calibration = [to_device(b, model) for b in wanda_calibration(tok, spec, names, 16, 13)]
         groups = {"table": TABLE_SUBSETS, "ablation": ABLATION_SUBSETS}
         left = to_device(make_batch(tok, spec, split.train[:16]), model)
         right = to_device(make_batch(tok, spec, split.eval[:16]), model)
-        rates.setdefault("capture", []).append(_timed(lambda: capture(model, right), repeats) / padded(right))
+        by_classes.setdefault("capture", {})[classes] = _timed(lambda: capture(model, right), repeats) / padded(right)
         cap_l, cap_r = capture(model, left), capture(model, right)
         train = [to_device(make_batch(tok, spec, split.train[i:i + 16]), model) for i in range(0, len(split.train), 16)]
         weights = torch.randn(len(split.train), len(spec.labels), 1, generator=torch.Generator().manual_seed(0))
@@ -91,23 +100,23 @@ def unit_costs(repeats: int) -> dict:
             subsets = [subset_params(model, s, seed=0, calibration=calibration) for s in parse_subsets(group_names)]
             with torch.no_grad():
                 pair_s = _timed(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
-            rates.setdefault(f"pair_{group}", []).append(pair_s / (padded(left) * padded(right)))
+            by_classes.setdefault(f"pair_{group}", {})[classes] = pair_s / (padded(left) * padded(right))
             directions = [subset_directions(s, train, weights) for s in subsets]
             rates.setdefault(f"directions_{group}", []).append(
                 _timed(lambda: [subset_directions(s, train, weights) for s in subsets], 1)
                 / sum(padded(b) for b in train))
             seeds = [{k: v.repeat(SEEDS, *([1] * (v.dim() - 1))) for k, v in d.items()} for d in directions]
             with torch.no_grad():
-                rates.setdefault(f"projection_{group}", []).append(_timed(
-                    lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats)
-                    / padded(right))
+                by_classes.setdefault(f"projection_{group}", {})[classes] = _timed(
+                    lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats) \
+                    / padded(right)
         with torch.no_grad():
             rates.setdefault("forward", []).append(_timed(lambda: label_logits(model, right), repeats) / padded(right))
         batch = to_device(make_batch(tok, spec, split.train[:8]), model)
         for adapter in ("full", "lora1", "row1"):
             rates.setdefault(f"step_{adapter}", []).append(_step_seconds(adapter, batch, device, repeats)
                                                            / padded(batch))
-    return {"device": str(device), "threads": torch.get_num_threads(),
+    return {"device": str(device), "threads": torch.get_num_threads(), "by_classes": by_classes,
             "rates": {k: float(np.mean(v)) for k, v in rates.items()}}
 
 
@@ -154,28 +163,40 @@ def workload(tok, task: str, k: int, max_eval: int | None = 1000) -> dict:
     evals = blocks([evaluation[i] for i in order])
     batches = blocks(split.train, 8)
     return {"train": [padded(b) for b in train], "dev": [padded(b) for b in dev], "eval": [padded(b) for b in evals],
-            "n_train": len(split.train), "n_dev": len(split.dev), "n_eval": len(evaluation),
+            "n_train": len(split.train), "n_dev": len(split.dev), "n_eval": len(evaluation), "classes": len(spec.labels),
             "batch_tokens": float(np.mean([padded(b) for b in batches])),
             "eval_tokens_per_example": sum(padded(b) for b in evals) / len(evaluation),
             "dev_tokens_per_example": sum(padded(b) for b in dev) / len(split.dev)}
 
 
-def project(work: dict, rates: dict, ablation: bool, epochs: int = 10) -> dict:
+def at_classes(measured: dict[str, float], classes: int, power: int) -> float:
+    """A rate measured at two class counts (``{"2": r2, "5": r5}``), on the line through them in C**power."""
+    (c1, r1), (c2, r2) = sorted((int(c), r) for c, r in measured.items())
+    slope = (r2 - r1) / (c2**power - c1**power)
+    return r1 + slope * (classes**power - c1**power)
+
+
+def project(work: dict, costs: dict, ablation: bool, epochs: int = 10) -> dict:
     """Projected seconds of one task's kernel job (with the selection ablation's subsets or not) and of
-    each fine-tuning run at ``rates``."""
+    each fine-tuning run at the unit ``costs`` (`unit_costs`) and the task's number of classes."""
     train, dev, evals = work["train"], work["dev"], work["eval"]
     groups = ("table", "ablation") if ablation else ("table",)
+    rates = {**costs["rates"], **{name: at_classes(measured, work["classes"], 2 if name.startswith("pair") else 1)
+                                  for name, measured in costs["by_classes"].items()}}
     rates = {**rates, **{name: sum(rates[f"{name}_{g}"] for g in groups) for name in ("pair", "directions",
                                                                                          "projection")}}
     pairs = sum(train[i] * train[j] for i in range(len(train)) for j in range(i, len(train)))
     pairs += sum(d * t for d in dev for t in train)
     per_seed = rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs + rates["directions"] * sum(train)
     kernels = SEEDS * per_seed + sum(evals) * (rates["capture"] + rates["projection"])
+    # --kernel-jobs seed: every seed captures the evaluation blocks again (the projections are split, not repeated)
+    kernels_seed_jobs = kernels + (SEEDS - 1) * sum(evals) * rates["capture"]
     steps = epochs * math.ceil(work["n_train"] / 8)
     evaluations = rates["forward"] * (work["n_eval"] * work["eval_tokens_per_example"]
                                       + (steps // 50 + 1) * work["n_dev"] * work["dev_tokens_per_example"])
     tuning = {a: steps * rates[f"step_{a}"] * work["batch_tokens"] + evaluations for a in ("full", "lora1", "row1")}
-    return {"kernels_s": kernels, "fine_tuning_run_s": tuning, "task_s": kernels + SEEDS * sum(tuning.values())}
+    return {"kernels_s": kernels, "kernels_seed_jobs_s": kernels_seed_jobs, "fine_tuning_run_s": tuning,
+            "task_s": kernels + SEEDS * sum(tuning.values())}
 
 
 def main() -> None:
@@ -193,7 +214,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.costs is not None:
         saved = json.loads(args.costs.read_text())
-        costs = {key: saved[key] for key in ("device", "threads", "rates")}
+        if "by_classes" not in saved:
+            raise SystemExit(f"{args.costs}: unit costs of an older benchmark (not by classes); measure them again")
+        costs = {key: saved[key] for key in ("device", "threads", "by_classes", "rates")}
     else:
         costs = unit_costs(args.repeats)
     print(json.dumps(costs), flush=True)
@@ -206,7 +229,7 @@ def main() -> None:
             except Exception as error:  # a split the data cannot give
                 print(f"{task} k={k}: {error}")
                 continue
-            projected = project(work, costs["rates"], ablation=k == ABLATION_K)
+            projected = project(work, costs, ablation=k == ABLATION_K)
             row = {"task": task, "k": k, **projected}
             if args.check is not None and (args.check / f"{task}-k{k}" / "results.json").is_file():
                 timing = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())["timing_s"]
@@ -216,7 +239,8 @@ def main() -> None:
             rows.append(row)
             print(f"{task:>6} k={k:<3} kernels {projected['kernels_s'] / 3600:6.2f} h, fine-tuning "
                   + ", ".join(f"{a} {s / 60:5.1f} min" for a, s in projected["fine_tuning_run_s"].items())
-                  + f" per run, task {projected['task_s'] / 3600:6.2f} h"
+                  + f" per run, task {projected['task_s'] / 3600:6.2f} h; per-seed kernel jobs "
+                  + f"{projected['kernels_seed_jobs_s'] / projected['kernels_s']:.2f}x the kernels"
                   + (f"  (recorded/projected kernels {row['recorded_over_projected']:.2f})"
                      if "recorded_over_projected" in row else ""), flush=True)
     print(f"whole study on {costs['device']}: {total / 3600:.1f} h")
