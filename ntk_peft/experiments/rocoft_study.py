@@ -15,8 +15,9 @@ A full fine-tuning run's model-sized files are deleted once it is finished (`dro
 With ``kernel_jobs="seed"`` (``--kernel-jobs seed``) a task's kernels are one job per seed, each recorded
 as it finishes in ``kernel-seeds/seed-<seed>.json`` and combined into ``results.json`` (and
 ``figure_data.json``) once every seed is there: a machine that is lost between jobs (a preemptible or
-time-limited one) loses one seed's work, not the task's. The price is one pass over the evaluation
-set per seed instead of one for all seeds (the projections; about a quarter of a k = 16 task's time).
+time-limited one) loses one seed's work, not the task's. The price is one capture pass over the
+evaluation set per seed instead of one for all seeds: by ``benchmarks/bench_rocoft_study.py``, 1.1-1.8x
+a task's kernel time at k = 16 and 1.0-1.3x at k = 64.
 
 Kernel blocks and fine-tuning checkpoints stay in ``runs/`` (never committed): an interrupted job
 resumes from them, and a finished job is found in the results folder and skipped. Under torchrun the
