@@ -39,7 +39,7 @@ from ntk_peft.ntk import (
     shared_cross_blocks,
 )
 from ntk_peft.ntk.kernel_types import KernelType
-from ntk_peft.solvers import make_solver, predict_logits, select_lambda
+from ntk_peft.solvers import kernel_scale, make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
 
 
@@ -223,7 +223,7 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     y_train = np.array([e.label for e in plan.train])
     y_dev = np.array([e.label for e in plan.dev])
     f0_train, f0_dev = (f0["train"].numpy(), f0["dev"].numpy()) if offset else (None, None)
-    models, lambdas, effective = {}, {}, {}
+    models, lambdas, relative, effective = {}, {}, {}, {}
     for kernel in kernels:
         chosen_solver = kernel_solver(kernel, solver)
         for n in names:
@@ -235,6 +235,7 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
                                           flipped=flipped.get(key))
             models[key] = make_solver(chosen_solver, chosen).fit(kt, y_train, f0_train)
             lambdas[key] = float(chosen)
+            relative[key] = float(chosen) / kernel_scale(kt)  # the grid factor: 10 = the most regularised
             if kernel.symmetric:  # eigenvalues of a symmetric kernel
                 effective[key] = effective_rank(kt)
     timing["solver_s"] = time.perf_counter() - start
@@ -248,7 +249,7 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
                 differences[kernel_key(kernel, n)] = {"p1": relative_difference(kt, full, 1),
                                                       "p2": relative_difference(kt, full, 2)}
     result = {"seed": plan.seed, "accuracy": {}, "relative_difference": differences, "lambda": lambdas,
-              "effective_rank": effective, "n_train": len(plan.train), "n_eval": len(plan.evaluation),
+              "lambda_over_scale": relative, "effective_rank": effective, "n_train": len(plan.train), "n_eval": len(plan.evaluation),
               "timing_s": timing}
     if kernels_0 is not None:
         result["kernel_distance"] = {n: kernel_distance(kernels_0[n].numpy(), k_train[n].numpy()) for n in names}
