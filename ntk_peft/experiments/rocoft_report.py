@@ -17,6 +17,7 @@ import numpy as np
 from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS, TABLE5, TABLE6, paper_name
 from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, FINE_TUNING_LR, TABLE_SUBSETS
 from ntk_peft.io import write_text
+from ntk_peft.solvers import LAMBDA_GRID
 
 BEGIN = "<!-- BEGIN GENERATED: python figures/rocoft_study.py results/rocoft-smollm2 (do not edit by hand) -->"
 END = "<!-- END GENERATED -->"
@@ -142,6 +143,15 @@ def cost(entry: dict) -> tuple[float, float]:
     return kernels / 3600, training / 3600
 
 
+def top_of_grid(per_seed: list[dict]) -> str:
+    """How many seeds fitted K_θ at the most regularised λ of the grid (their kernel predictions stay at
+    about zero-shot's): ``"n of m"`` over the seeds that record ``lambda_over_scale``, ``"-"`` if none do."""
+    factors = [entry["lambda_over_scale"]["full"] for entry in per_seed if "lambda_over_scale" in entry]
+    if not factors:
+        return "-"
+    return f"{sum(bool(np.isclose(f, LAMBDA_GRID[-1], rtol=1e-9)) for f in factors)} of {len(factors)}"
+
+
 def status_table(study: dict) -> list[str]:
     """What is finished, per task and k, and the CPU hours its files record."""
     rows, totals = [], [0.0, 0.0]
@@ -149,7 +159,7 @@ def status_table(study: dict) -> list[str]:
         for task in (*SINGLE_TASKS, *PAIR_TASKS):
             entry = study.get((task, k))
             if entry is None:
-                rows.append([paper_name(task), str(k), "pending", "0", "-", "-"])
+                rows.append([paper_name(task), str(k), "pending", "0", "-", "-", "-"])
                 continue
             results = entry.get("results")
             runs = entry.get("fine_tuning", {}).get("runs", {})
@@ -160,12 +170,14 @@ def status_table(study: dict) -> list[str]:
             parts = entry.get("kernel_seeds", [])
             first = results or (parts[0] if parts else None)
             evaluated = str(first["per_seed"][0]["n_eval"]) if first else "-"
+            per_seed = [e for part in ([results] if results else parts) for e in part["per_seed"]]
             kernels = (f"{len(results['seeds'])} seeds" if results else
                        f"pending ({len(parts)} seed{'s' * (len(parts) != 1)} recorded)" if parts else "pending")
-            rows.append([paper_name(task), str(k), kernels, done, evaluated, f"{hours[0]:.2f} + {hours[1]:.2f}"])
-    rows.append(["all", "", "", "", "", f"{totals[0]:.2f} + {totals[1]:.2f} = {sum(totals):.2f}"])
-    return _table(["task", "k", "kernels", "fine-tuning runs (adapter seeds)", "n eval", "CPU hours kernels + FT"],
-                  rows)
+            rows.append([paper_name(task), str(k), kernels, done, evaluated, top_of_grid(per_seed),
+                         f"{hours[0]:.2f} + {hours[1]:.2f}"])
+    rows.append(["all", "", "", "", "", "", f"{totals[0]:.2f} + {totals[1]:.2f} = {sum(totals):.2f}"])
+    return _table(["task", "k", "kernels", "fine-tuning runs (adapter seeds)", "n eval", "K_θ at λ grid top (seeds)",
+                   "CPU hours kernels + FT"], rows)
 
 
 def report_section(folder: str | Path) -> str:

@@ -8,6 +8,7 @@ asymmetric kernels such as LM-Kernel-FT's asymmetric SignGD kernel.
 
 from ntk_peft.solvers.asymmetric import AsymmetricLSSVM
 from ntk_peft.solvers.estimators import (
+    LAMBDA_GRID,
     SOLVERS,
     KernelLogisticRegression,
     KernelRidgeClassifier,
@@ -20,6 +21,7 @@ from ntk_peft.solvers.klr import binary_kernel, fit_klr, flat_kernel, klr_logits
 from ntk_peft.solvers.zeroshot import accuracy, predict_logits
 
 __all__ = [
+    "LAMBDA_GRID",
     "SOLVERS",
     "AsymmetricLSSVM",
     "KernelLogisticRegression",

@@ -212,8 +212,11 @@ def kernel_scale(kernel) -> float:
     return float(np.mean(np.diag(flat))) or 1.0
 
 
+LAMBDA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # λ / kernel_scale; the last is the most regularised
+
+
 def select_lambda(name: str, kernel_train, y_train, kernel_dev_train, y_dev, f0_train=None, f0_dev=None,
-                  grid=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), flipped=None) -> tuple[float, list[float]]:
+                  grid=LAMBDA_GRID, flipped=None) -> tuple[float, list[float]]:
     """λ = g·scale for g in ``grid`` with the best dev accuracy (ties: the larger λ).
 
     ``scale`` is `kernel_scale` of the train kernel, so the grid means the

@@ -10,6 +10,7 @@ import pytest
 from ntk_peft.cli import compare
 from ntk_peft.cli.common import run_cli
 from ntk_peft.experiments import run_compare
+from ntk_peft.solvers import LAMBDA_GRID
 
 
 def _run(capsys, *argv):
@@ -33,7 +34,7 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
         assert set(seed_result["lambda"]) == {"full", "row1", "lora1"}
         assert set(seed_result["lambda_over_scale"]) == set(seed_result["lambda"])
         for factor in seed_result["lambda_over_scale"].values():  # λ / mean train-kernel diagonal: a grid point
-            assert any(factor == pytest.approx(g, rel=1e-12) for g in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0))
+            assert any(factor == pytest.approx(g, rel=1e-12) for g in LAMBDA_GRID)
     assert set(results["summary"]["accuracy"]["full"]) == {"mean", "std"}
     assert results["eval_predictions"] == "projections" and results["timing_s"]["projections_recorded"] > 0
     assert (tmp_path / "figures" / "kernel_heatmaps.png").stat().st_size > 10_000

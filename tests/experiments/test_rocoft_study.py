@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ntk_peft.errors import UserError
-from ntk_peft.experiments.rocoft_report import BEGIN, END, report_section, write_report
+from ntk_peft.experiments.rocoft_report import BEGIN, END, report_section, top_of_grid, write_report
 from ntk_peft.experiments.rocoft_study import (
     StudyConfig,
     StudyJob,
@@ -117,10 +117,20 @@ def test_report_cells_come_from_the_records_and_the_rest_is_pending(small_study)
     assert full_row.split(" | ")[1] == f"{np.mean(full_ft):.1f} ({np.std(full_ft):.1f}) [89.0 (1.5)]"
     lora_ft = next(line for line in section.splitlines() if line.startswith("| LoRA-1 FT |"))
     assert lora_ft.split(" | ")[1] == "pending"  # not fine-tuned in this study: no number, no paper value
-    assert "| RTE | 16 | 2 seeds | full 2, row1 2 | 8 |" in section
+    rte = json.loads((config.results / "RTE-k16" / "results.json").read_text())["per_seed"]
+    at_top = sum(entry["lambda_over_scale"]["full"] == pytest.approx(10.0) for entry in rte)
+    assert f"| RTE | 16 | 2 seeds | full 2, row1 2 | 8 | {at_top} of 2 |" in section
     # columns and rows carry the paper's task names, not the data folders' (sst-5, mr, ...)
     assert "| k = 16 | SST-2 | SST-5 | MR | CR | MPQA | Subj | TREC |" in section
     assert "| SST-5 | 16 | pending |" in section and "| sst-5 |" not in section
+
+
+def test_top_of_grid_counts_the_seeds_whose_full_kernel_took_the_largest_lambda():
+    seeds = [{"lambda_over_scale": {"full": 10.000000000000002, "row1": 0.1}},
+             {"lambda_over_scale": {"full": 1.0, "row1": 10.0}},  # only K_θ counts
+             {"lambda": {"full": 3.0}}]  # recorded before the field existed: left out of the count
+    assert top_of_grid(seeds) == "1 of 2"
+    assert top_of_grid(seeds[2:]) == "-"
 
 
 def test_write_report_keeps_the_hand_written_text_and_is_deterministic(small_study, tmp_path):
