@@ -15,6 +15,10 @@ direction over the recorded data), not the n_train·C kernel columns:
 - `gradient_directions`: v_s = Σ W[i, o, s]·T(∂f_o(x_i)/∂θ_S) from per-example
   gradients, kind by kind, for sign kernels (T = sign acts per example, so
   the backward pass above, which sums over examples first, cannot give it);
+- `recorded_directions`: the directions of several subsets at once from one
+  `capture` per training block (T the identity), each kind in closed form
+  (Linear weights as one GEMM Σ_t g̃_t a_tᵀ): the cheap way to many
+  directions (S of them cost S GEMMs, not S backward passes);
 - `reference_projection`: ``reference_jacobian`` times the flattened
   directions, the test oracle.
 
@@ -113,6 +117,47 @@ def project_directions(model: nn.Module, sub: SubsetParams, cap: Capture, direct
     for kind in subset_kinds(model, sub, cap):
         total += kind.project(cap, directions, transform)
     return total
+
+
+def recorded_directions(model: nn.Module, subs: dict[str, SubsetParams], batches: list[dict],
+                        weights: dict[str, torch.Tensor], record=None) -> dict[str, Directions]:
+    """v_s = Σ_{i,o} W[i, o, s]·∂f_o(x_i)/∂θ_S for several subsets, from one capture per block of ``batches``.
+
+    Args:
+        subs: name -> resolved subset (`subset_params`).
+        batches: prompt blocks whose examples, in order, are the rows of every weight.
+        weights: name -> ``[n, O, S]``.
+        record: batch -> `Capture` (default: `capture` of the label logits).
+
+    Returns:
+        name -> parameter name -> ``[S, *shape]`` in the parameters' dtype (each block's part in the
+        recorded dtype, as `project_directions` projects).
+    """
+    from ntk_peft.ntk.capture import capture
+
+    record = record or (lambda batch: capture(model, batch))
+    device = next(model.parameters()).device
+    sizes = [batch_size(b) for b in batches]
+    for name, weight in weights.items():
+        if weight.dim() != 3 or weight.shape[0] != sum(sizes):
+            raise UserError(f"direction weights of {name} must be [n, O, S] over the {sum(sizes)} prompts, got "
+                            f"{tuple(weight.shape)}")
+    totals: dict[str, Directions] = {name: {} for name in subs}
+    first = 0
+    for batch, size in zip(batches, sizes):
+        cap = record(batch)
+        for name, sub in subs.items():
+            block = weights[name][first : first + size].to(device)
+            for kind in subset_kinds(model, sub, cap):
+                for key, value in kind.direction(cap, block).items():
+                    value = value.to(sub.params[key].dtype)
+                    if key in totals[name]:
+                        totals[name][key] += value
+                    else:
+                        totals[name][key] = value
+        first += size
+        del cap
+    return {name: {key: totals[name][key] for key in sub.params} for name, sub in subs.items()}
 
 
 def gradient_directions(model: nn.Module, sub: SubsetParams, captures: list[Capture], weights: torch.Tensor,

@@ -144,7 +144,8 @@ def _per_example(rec: Record, per_token: torch.Tensor) -> torch.Tensor:
 
 class LinearWeight(ParamKind):
     """W of y_t = W a_t + b: ∂f/∂W = Σ_t g_t a_tᵀ. NTK by token Grams (`LinearKernelSum`), projections
-    as Σ_t g_t·(V a_t); sign kernels from the materialised per-example gradients."""
+    as Σ_t g_t·(V a_t), directions as Σ_t g̃_t a_tᵀ; sign kernels from the materialised per-example
+    gradients."""
 
     def __init__(self, layer: str, name: str, module: nn.Linear):
         self.layer, self.names, self.shapes = layer, [name], [module.weight.shape]
@@ -174,6 +175,20 @@ class LinearWeight(ParamKind):
         moved = rec.packed_inputs @ weight_directions.to(dtype).reshape(count * d_out, d_in).T  # [N, S·d_out]
         per_token = torch.einsum("ctk,tsk->tcs", rec.packed_grads, moved.view(-1, count, d_out))
         return _per_example(rec, per_token)
+
+    def direction(self, cap: Capture, weights: torch.Tensor, transform: Transform = None) -> Directions:
+        """Σ_t g̃_t a_tᵀ with g̃_t = Σ_o W[i(t), o, s]·g_t^o: one GEMM over the packed tokens, in the
+        recorded dtype (returned float64, like every kind's)."""
+        if transform is not None:
+            return super().direction(cap, weights, transform)
+        rec = cap.records[self.layer]
+        dtype = rec.packed_inputs.dtype
+        outputs, tokens, d_out = rec.packed_grads.shape
+        count = weights.shape[2]
+        per_token = weights.to(dtype)[rec.example]  # [N, O, S]
+        mixed = torch.einsum("otk,tos->tsk", rec.packed_grads, per_token)  # [N, S, d_out]
+        flat = mixed.reshape(tokens, count * d_out).T @ rec.packed_inputs  # [S·d_out, d_in]
+        return {self.names[0]: flat.view(count, d_out, -1).double()}
 
 
 class LinearBias(ParamKind):

@@ -9,7 +9,12 @@ from ntk_peft import load_model
 from ntk_peft.adapters import parse_spec
 from ntk_peft.errors import UserError
 from ntk_peft.ntk import capture, empirical_ntk, subset_params
-from ntk_peft.ntk.directions import project_directions, reference_projection, subset_directions
+from ntk_peft.ntk.directions import (
+    project_directions,
+    recorded_directions,
+    reference_projection,
+    subset_directions,
+)
 from ntk_peft.tasks import load_split, make_batch
 from tests.helpers import ENGINE_MODELS as MODELS
 from tests.helpers import ENGINE_SUBSETS as SUBSETS
@@ -81,3 +86,25 @@ def test_directions_in_chunks_of_prompts_equal_one_pass_per_block(setup, spec):
         scale = max(float(value.abs().max()) for value in whole.values())
         for key, value in whole.items():
             assert (cut[key] - value).abs().max() <= DIRECTION_TOLERANCE[name] * scale, (chunk, key)
+
+
+def test_recorded_directions_equal_the_backward_pass_for_every_subset_at_once(setup):
+    """One capture per block gives every subset's directions (Linear weights by one GEMM), equal to the
+    reverse-mode pass of `subset_directions` subset by subset."""
+    name, model, blocks, _, _, weights = setup
+    subs = {spec: subset_params(model, parse_spec(spec)) for spec in SUBSETS}
+    recorded = recorded_directions(model, subs, blocks, {spec: weights for spec in SUBSETS})
+    for spec, sub in subs.items():
+        backward = subset_directions(sub, blocks, weights)
+        assert list(recorded[spec]) == list(sub.params)
+        scale = max(float(value.abs().max()) for value in backward.values())
+        for key, value in backward.items():
+            assert recorded[spec][key].dtype == sub.params[key].dtype
+            assert (recorded[spec][key] - value).abs().max() <= DIRECTION_TOLERANCE[name] * scale, (spec, key)
+
+
+def test_recorded_direction_weights_must_cover_the_prompts(setup):
+    _, model, blocks, _, _, weights = setup
+    subs = {"row1": subset_params(model, parse_spec("row1"))}
+    with pytest.raises(UserError, match=r"row1 must be \[n, O, S\] over the 5 prompts"):
+        recorded_directions(model, subs, blocks, {"row1": weights[:4]})
