@@ -215,6 +215,17 @@ def kernel_scale(kernel) -> float:
 LAMBDA_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # λ / kernel_scale; the last is the most regularised
 
 
+def lambda_grid(kernel_train, grid=LAMBDA_GRID) -> list[float]:
+    """The λ values g·scale for g in ``grid``, ``scale`` the train kernel's `kernel_scale`."""
+    scale = kernel_scale(kernel_train)
+    return [g * scale for g in grid]
+
+
+def best_lambda(lambdas: list[float], accuracies: list[float]) -> float:
+    """The λ with the best dev accuracy (ties: the larger λ)."""
+    return lambdas[max(range(len(lambdas)), key=lambda k: (accuracies[k], lambdas[k]))]
+
+
 def select_lambda(name: str, kernel_train, y_train, kernel_dev_train, y_dev, f0_train=None, f0_dev=None,
                   grid=LAMBDA_GRID, flipped=None) -> tuple[float, list[float]]:
     """λ = g·scale for g in ``grid`` with the best dev accuracy (ties: the larger λ).
@@ -222,13 +233,13 @@ def select_lambda(name: str, kernel_train, y_train, kernel_dev_train, y_dev, f0_
     ``scale`` is `kernel_scale` of the train kernel, so the grid means the
     same on kernels of any magnitude. ``flipped``: K(train, dev) for an
     asymmetric kernel (``lssvm``). Returns (λ, dev accuracies per g).
+    (`ntk_peft.experiments.dev_projections` gives the same choice from
+    projections, without ``kernel_dev_train``.)
     """
-    scale = kernel_scale(kernel_train)
-    grid = [g * scale for g in grid]
+    grid = lambda_grid(kernel_train, grid)
     accuracies = []
     for lam in grid:
         model = make_solver(name, lam).fit(kernel_train, y_train, f0_train)
         extra = {} if flipped is None else {"flipped": flipped}
         accuracies.append(float(np.mean(model.predict(kernel_dev_train, f0_dev, **extra) == np.asarray(y_dev))))
-    best = max(range(len(grid)), key=lambda k: (accuracies[k], grid[k]))
-    return grid[best], accuracies
+    return best_lambda(grid, accuracies), accuracies
