@@ -85,6 +85,10 @@ def build_parser() -> Parser:
                         help="also compute and save the eval x train kernels and predict from them; by default the "
                              "eval set is scored by projecting its gradients onto each fitted model's direction "
                              "sum_i alpha_i df(x_i)/dtheta, the same predictions at a fraction of the cost")
+    parser.add_argument("--dev-predictions", choices=("kernels", "projections"), default="kernels",
+                        help="how lambda selection predicts the dev split: from dev x train kernels (default) or "
+                             "from projections onto one direction per grid lambda (NTK only; no dev kernels, "
+                             "cheaper when the splits or the classes are many)")
     parser.add_argument("--no-figures", dest="figures", action="store_false")
     parser.add_argument("--adapter-checkpoint", default=None, metavar="DIR",
                         help="take the kernels at this fine-tuned point (an `ntk-peft train` run folder, its adapter/ "
@@ -122,7 +126,8 @@ def _compare(args: argparse.Namespace) -> int:
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
                           implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint,
-                          eval_kernels=args.eval_kernels, kernels=args.kernel or ["ntk"])
+                          eval_kernels=args.eval_kernels, kernels=args.kernel or ["ntk"],
+                          dev_predictions=args.dev_predictions)
     if not distributed.is_main():  # rank 0 draws and prints
         return 0
     out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k, args.adapter_checkpoint)

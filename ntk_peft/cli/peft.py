@@ -151,6 +151,10 @@ def build_parser() -> Parser:
     rocoft.add_argument("--kernel-jobs", choices=("task", "seed"), default="task",
                         help="one kernel job per task (default) or per seed: each seed recorded as it finishes, "
                              "for machines that may be lost mid-task, at one evaluation pass per seed")
+    rocoft.add_argument("--dev-predictions", choices=("projections", "kernels"), default="projections",
+                        help="how lambda selection predicts the dev split: projections onto one direction per grid "
+                             "lambda (default; no dev x train kernels) or the dev x train kernels (the study's "
+                             "first tasks, SST-2 to MPQA at k = 16)")
     what = rocoft.add_mutually_exclusive_group()
     what.add_argument("--status", action="store_true", help="list the queue and what is done; run nothing")
     what.add_argument("--report", action="store_true",
@@ -367,7 +371,7 @@ def _study(args) -> int:
                          seeds=args.seeds or list(DEFAULT_SEEDS), fine_tune=parse_fine_tune(args.fine_tune),
                          ablation=not args.no_ablation, model=args.model, max_eval=args.max_eval or None,
                          epochs=args.epochs, runs=Path(args.runs), results=Path(args.results), data_dir=args.data_dir,
-                         kernel_jobs=args.kernel_jobs)
+                         kernel_jobs=args.kernel_jobs, dev_predictions=args.dev_predictions)
     if min(config.ks) < 1:
         raise UserError(f"--k takes positive integers, got {args.k}")
     check_output_dir(config.results)

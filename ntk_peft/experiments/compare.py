@@ -25,6 +25,13 @@ from ntk_peft.adapters import fold_adapter, parse_spec
 from ntk_peft.analysis import effective_rank, kernel_distance, relative_difference
 from ntk_peft.errors import UserError
 from ntk_peft.experiments.checkpoint import resolve_checkpoint
+from ntk_peft.experiments.dev_projections import (
+    DEV_PREDICTIONS,
+    dev_projections,
+    grid_fits,
+    pick_from_projections,
+    stacked_weights,
+)
 from ntk_peft.experiments.projections import score_with_projections
 from ntk_peft.io import check_output_dir, save_tensors, write_json
 from ntk_peft.ntk import (
@@ -180,8 +187,11 @@ def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, sh
 def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, solver: str = "klr",
              lam: float | None = None, offset: bool = True, implementation: str = "fast", prompt: dict | None = None,
              progress: bool = True, shared_f0: dict | None = None, kernels_0: dict | None = None,
-             kernels=(KernelType.NTK,)) -> SeedFit:
+             kernels=(KernelType.NTK,), dev_predictions: str = "kernels") -> SeedFit:
     """f0, the train and dev kernels (cached in the seed's store) and one solver per kernel, λ picked on dev.
+
+    ``dev_predictions``: ``kernels`` (dev×train kernel blocks) or ``projections`` (no dev kernels: the
+    dev prompts projected on one direction per λ of the grid, `dev_projections`; NTK only).
 
     ``kernels``: kernel types; each subset's kernel of each type is fitted under `kernel_key` with
     `kernel_solver` on `kernel_output`. ``shared_f0`` carries the eval set's f0 from one seed to the
@@ -199,20 +209,26 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     common = dict(subsets=names, implementation=implementation, store=plan.store, progress=progress,
                   calibration=plan.calibration)
     k_train, k_dev, flipped = {}, {}, {}
+    dev_kernels = dev_predictions == "kernels"
+    by_projection = not dev_kernels and lam is None  # a fixed λ needs no dev predictions
     for kernel in kernels:
         typed = dict(kernel=kernel, output=kernel_output(kernel, classes))
         train = kernel_blocks(model, plan.batches["train"], None, name=store_name("train", kernel), **common, **typed)
-        dev = kernel_blocks(model, plan.batches["train"], plan.batches["dev"], name=store_name("dev", kernel),
-                            **common, **typed)
+        dev = None if not dev_kernels else kernel_blocks(model, plan.batches["train"], plan.batches["dev"],
+                                                       name=store_name("dev", kernel), **common, **typed)
         for n in names:
             key = kernel_key(kernel, n)
             k_train[key] = train[n]
+            if dev is None:
+                continue
             # K(dev, train): the transpose of K(train, dev), or an asymmetric kernel's stored flip
             k_dev[key] = (dev[n] if kernel.symmetric else dev[n + "~"]).permute(1, 0, 3, 2)
             if not kernel.symmetric:
                 flipped[key] = dev[n][..., 0, 0].numpy()  # K(train_i, dev_m), as AsK-LS reads it
     timing["train_dev_kernels_wall_s"] = time.perf_counter() - start
     if not distributed.is_main():
+        if by_projection:  # this rank's share of the dev projections, for the grid fits rank 0 sends
+            dev_projections(model, plan, distributed.broadcast(None), calibration=plan.calibration, progress=progress)
         return SeedFit(plan, {}, distributed.broadcast(None), {}, offset)
     save_tensors(plan.folder / "train_kernels.safetensors",
                  {**{f"K/{n}": v for n, v in k_train.items()}, "labels": torch.tensor([e.label for e in plan.train])})
@@ -224,16 +240,21 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     y_dev = np.array([e.label for e in plan.dev])
     f0_train, f0_dev = (f0["train"].numpy(), f0["dev"].numpy()) if offset else (None, None)
     models, lambdas, relative, effective = {}, {}, {}, {}
+    grid = _select_by_projections(model, plan, names, k_train, solver, y_train, y_dev, f0_train, f0_dev,
+                                  progress, timing) if by_projection else {}
     for kernel in kernels:
         chosen_solver = kernel_solver(kernel, solver)
         for n in names:
             key = kernel_key(kernel, n)
-            kt, kd = k_train[key].numpy(), k_dev[key].numpy()
+            kt = k_train[key].numpy()
             chosen = lam
-            if chosen is None:
-                chosen, _ = select_lambda(chosen_solver, kt, y_train, kd, y_dev, f0_train, f0_dev,
-                                          flipped=flipped.get(key))
-            models[key] = make_solver(chosen_solver, chosen).fit(kt, y_train, f0_train)
+            if key in grid:  # the model fitted at the λ its dev projections picked
+                chosen, models[key] = grid[key]
+            else:
+                if chosen is None:
+                    chosen, _ = select_lambda(chosen_solver, kt, y_train, k_dev[key].numpy(), y_dev, f0_train,
+                                              f0_dev, flipped=flipped.get(key))
+                models[key] = make_solver(chosen_solver, chosen).fit(kt, y_train, f0_train)
             lambdas[key] = float(chosen)
             relative[key] = float(chosen) / kernel_scale(kt)  # the grid factor: 10 = the most regularised
             if kernel.symmetric:  # eigenvalues of a symmetric kernel
@@ -249,11 +270,34 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
                 differences[kernel_key(kernel, n)] = {"p1": relative_difference(kt, full, 1),
                                                       "p2": relative_difference(kt, full, 2)}
     result = {"seed": plan.seed, "accuracy": {}, "relative_difference": differences, "lambda": lambdas,
+              "dev_predictions": "projections" if by_projection else "kernels" if lam is None else "none (fixed λ)",
               "lambda_over_scale": relative, "effective_rank": effective, "n_train": len(plan.train), "n_eval": len(plan.evaluation),
               "timing_s": timing}
     if kernels_0 is not None:
         result["kernel_distance"] = {n: kernel_distance(kernels_0[n].numpy(), k_train[n].numpy()) for n in names}
     return SeedFit(plan, f0, models, result, offset)
+
+
+def _select_by_projections(model, plan: SeedPlan, names: list[str], k_train: dict, solver: str, y_train, y_dev,
+                           f0_train, f0_dev, progress: bool, timing: dict) -> dict[str, tuple[float, object]]:
+    """Subset -> (λ, model fitted at it): every grid λ fitted on the NTK, scored on dev by projections
+    (`dev_projections`; rank 0 sends the weights to the other ranks, which compute their share)."""
+    start = time.perf_counter()
+    fits = {n: grid_fits(solver, k_train[kernel_key(KernelType.NTK, n)].numpy(), y_train, f0_train) for n in names}
+    stacked = {}
+    for n, (_, models) in fits.items():
+        if any(m.direction_weights() is None for m in models):
+            raise UserError(f"solver {solver} has no direction form here (multi-class SVM); use dev predictions "
+                            f"by kernels")
+        stacked[n] = stacked_weights(models)
+    weights = distributed.broadcast({n: w for n, (w, _) in stacked.items()})
+    projections = dev_projections(model, plan, weights, calibration=plan.calibration, progress=progress)
+    chosen = {}
+    for n, (lambdas, models) in fits.items():
+        index, _ = pick_from_projections(lambdas, models, stacked[n][1], projections[n], y_dev, f0_dev)
+        chosen[kernel_key(KernelType.NTK, n)] = (lambdas[index], models[index])
+    timing["dev_projections_wall_s"] = time.perf_counter() - start
+    return chosen
 
 
 def eval_labels(fit: SeedFit) -> np.ndarray:
@@ -310,7 +354,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 out: str | Path | None = None, data_dir=None, block_size: int = 16, lam: float | None = None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
                 prompt: dict | None = None, adapter_checkpoint: str | Path | None = None,
-                eval_kernels: bool = False, kernels=("ntk",), calibration_seed: int | None = None) -> dict:
+                eval_kernels: bool = False, kernels=("ntk",), calibration_seed: int | None = None,
+                dev_predictions: str = "kernels") -> dict:
     """The whole study over seeds; writes ``results.json`` in ``out``.
 
     ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
@@ -324,6 +369,9 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     `kernel_key` (``row1`` for the NTK, ``signgd:row1``), solved by `kernel_solver`.
     ``calibration_seed``: whose training prompts calibrate ``wanda-*`` subsets (default the first of
     ``seeds``); a run split into one call per seed passes the same seed to every call.
+    ``dev_predictions``: how λ selection predicts the dev split: from dev×train kernels (``kernels``) or
+    from projections onto one direction per grid λ (``projections``, the NTK only: no dev kernels, the
+    cheaper way when the splits or the classes are many; `ntk_peft.experiments.dev_projections`).
     """
     spec = get_task(task)
     for text in subsets:
@@ -334,6 +382,14 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     if KernelType.ASYMMETRIC_SIGNGD in kernel_types and len(spec.labels) != 2:
         raise UserError(f"the asymmetric SignGD kernel's solver (AsK-LS) is for two classes; {spec.name} has "
                         f"{len(spec.labels)}")
+    if dev_predictions not in DEV_PREDICTIONS:
+        raise UserError(f"unknown dev predictions {dev_predictions!r}; valid: {', '.join(DEV_PREDICTIONS)}")
+    if dev_predictions == "projections" and kernel_types != [KernelType.NTK]:
+        raise UserError("dev predictions by projections are for the NTK only; sign kernels pick λ from dev "
+                        "kernels (use dev predictions by kernels)")
+    if dev_predictions == "projections" and solver == "svm" and len(spec.labels) > 2:
+        raise UserError(f"the multi-class SVM has no direction form, so it cannot pick λ from projections on "
+                        f"{spec.name} ({len(spec.labels)} classes); use dev predictions by kernels")
     if eval_kernels and kernel_types != [KernelType.NTK]:
         raise UserError("--eval-kernels computes eval kernels of the NTK only; sign kernels are scored by "
                         "projections (drop --eval-kernels)")
@@ -372,18 +428,21 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
     # Every seed's train and dev blocks in one scheduler pass: enough blocks to share over many ranks.
+    dev_kernels = dev_predictions == "kernels"
     kernels_started = time.perf_counter()
     run_kernel_jobs([KernelJob(model, p.batches["train"], other, kernel_names, implementation, store=p.store,
                                name=store_name(name, kernel), kernel=kernel,
                                output=kernel_output(kernel, len(spec.labels)), calibration=calibration)
                      for kernel in kernel_types for p in plans
-                     for name, other in (("train", None), ("dev", p.batches["dev"]))], progress=progress,
+                     for name, other in (("train", None), ("dev", p.batches["dev"]))
+                     if other is None or dev_kernels], progress=progress,
                     desc="kernel train and dev blocks")
     timing = {"train_dev_blocks_wall": time.perf_counter() - kernels_started}
     shared_f0: dict = {}
     fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,
                      implementation=implementation, prompt=prompt, progress=progress, shared_f0=shared_f0,
-                     kernels_0=kernels_0.get(plan.seed), kernels=kernel_types) for plan in plans]
+                     kernels_0=kernels_0.get(plan.seed), kernels=kernel_types, dev_predictions=dev_predictions)
+            for plan in plans]
     keys = [kernel_key(kernel, n) for kernel in kernel_types for n in kernel_names]
     by_projection = not eval_kernels and all(f.models[n].direction_weights() is not None
                                              for f in fits for n in keys)
@@ -425,6 +484,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                                           "output": kernel_output(t, len(spec.labels))} for t in kernel_types},
                "subsets": [n for n in names if n != "zeroshot"], "kernel_subsets": kernel_names, "offset_f0": offset, "max_eval": max_eval,
                "adapter_checkpoint": described, "eval_predictions": "projections" if by_projection else "kernels",
+               "dev_predictions": dev_predictions,
                **({"wanda_calibration_seed": calibration_seed} if calibration is not None else {}),
                "per_seed": per_seed, "summary": summarize_seeds(per_seed),
                "timing_s": {"total": time.perf_counter() - started,
@@ -465,7 +525,7 @@ def combine_seed_results(parts: list[dict]) -> dict:
     added up. Everything else must agree, or `UserError`."""
     if not parts:
         raise UserError("no per-seed results to combine")
-    varying = ("seeds", "per_seed", "summary", "timing_s")
+    varying = ("seeds", "per_seed", "summary", "timing_s", "dev_predictions")  # λ's dev predictions may change
     shared = {key: value for key, value in parts[0].items() if key not in varying}
     for part in parts[1:]:
         other = {key: value for key, value in part.items() if key not in varying}
@@ -475,8 +535,12 @@ def combine_seed_results(parts: list[dict]) -> dict:
     seeds = [seed for part in parts for seed in part["seeds"]]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"per-seed results repeat a seed: {seeds}")
-    per_seed = [entry for part in parts for entry in part["per_seed"]]
+    # results written before dev predictions were recorded all picked λ from dev kernels
+    per_seed = [{**entry, "dev_predictions": entry.get("dev_predictions", part.get("dev_predictions", "kernels"))}
+                for part in parts for entry in part["per_seed"]]
+    ways = list(dict.fromkeys(part.get("dev_predictions", "kernels") for part in parts))
     results = {key: value for key, value in parts[0].items() if key not in ("summary", "timing_s")}
+    results["dev_predictions"] = ways[0] if len(ways) == 1 else "per seed"
     results.update(seeds=seeds, per_seed=per_seed, summary=summarize_seeds(per_seed),
                    timing_s=_sum_timings([part["timing_s"] for part in parts]))
     return results

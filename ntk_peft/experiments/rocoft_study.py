@@ -19,6 +19,13 @@ time-limited one) loses one seed's work, not the task's. The price is one captur
 evaluation set per seed instead of one for all seeds: by ``benchmarks/bench_rocoft_study.py``, 1.1-1.8x
 a task's kernel time at k = 16 and 1.0-1.3x at k = 64.
 
+λ is picked on each seed's dev split from projections onto one direction per grid λ
+(``dev_predictions="projections"``, `ntk_peft.experiments.dev_projections`): the dev×train kernels'
+predictions without those kernels, whose cost grows with the product of the splits' tokens and the square
+of the classes (by ``benchmarks/bench_dev_scoring.py``). The study's first tasks (SST-2 to MPQA at k = 16)
+were run with the dev kernels (``"kernels"``); a seed's record says ``dev_predictions`` where it used
+projections.
+
 Kernel blocks and fine-tuning checkpoints stay in ``runs/`` (never committed): an interrupted job
 resumes from them, and a finished job is found in the results folder and skipped. Under torchrun the
 kernel jobs share their blocks over the ranks (`run_compare`) and fine-tuning runs are dealt out to
@@ -36,6 +43,7 @@ import numpy as np
 
 from ntk_peft.errors import UserError
 from ntk_peft.experiments.compare import DEFAULT_SEEDS, run_compare
+from ntk_peft.experiments.dev_projections import DEV_PREDICTIONS
 from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS
 from ntk_peft.io import write_json
 from ntk_peft.ntk import distributed
@@ -88,10 +96,13 @@ class StudyConfig:
     data_dir: str | None = None
     block_size: int = 16
     kernel_jobs: str = "task"  # "task": one kernel job per task and k (all seeds); "seed": one per seed
+    dev_predictions: str = "projections"  # λ selection's dev predictions (`run_compare`): "projections" or "kernels"
 
     def __post_init__(self):
         if self.kernel_jobs not in KERNEL_JOBS:
             raise UserError(f"kernel jobs are per {' or per '.join(KERNEL_JOBS)}, got {self.kernel_jobs!r}")
+        if self.dev_predictions not in DEV_PREDICTIONS:
+            raise UserError(f"dev predictions are by {' or by '.join(DEV_PREDICTIONS)}, got {self.dev_predictions!r}")
 
     def subsets(self, k: int) -> list[str]:
         """The kernel subsets at ``k``: the table's, and at `ABLATION_K` the selection ablation's."""
@@ -194,7 +205,7 @@ def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> No
     results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model,
                           seeds=config.seeds if job.seed is None else [job.seed], calibration_seed=config.seeds[0],
                           max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
-                          progress=progress)
+                          progress=progress, dev_predictions=config.dev_predictions)
     if not distributed.is_main():
         return
     folder = config.results / job.folder

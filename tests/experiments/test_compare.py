@@ -363,3 +363,22 @@ def test_per_seed_results_combine_into_one_summary_and_refuse_other_runs():
         combine_seed_results([part(13, 0.5), part(21, 0.5, k=64, max_eval=8)])
     with pytest.raises(UserError, match="repeat a seed"):
         combine_seed_results([part(13, 0.5), part(13, 0.5)])
+
+
+def test_seeds_whose_lambda_was_picked_differently_combine_and_say_so():
+    """Records from before dev predictions were recorded picked λ from dev kernels; a task whose later seeds
+    used projections says so per seed and, overall, "per seed"."""
+    from ntk_peft.experiments.compare import combine_seed_results
+
+    def part(seed, **changed):
+        return {"task": "subj", "k": 16, "seeds": [seed], "summary": {},
+                "per_seed": [{"seed": seed, "accuracy": {"row1": 0.5}, "relative_difference": {},
+                              **({"dev_predictions": changed["dev_predictions"]} if changed else {})}],
+                "timing_s": {"total": 1.0}, **changed}
+
+    mixed = combine_seed_results([part(13), part(21, dev_predictions="projections")])
+    assert [r["dev_predictions"] for r in mixed["per_seed"]] == ["kernels", "projections"]
+    assert mixed["dev_predictions"] == "per seed"
+    same = combine_seed_results([part(13, dev_predictions="projections"), part(21, dev_predictions="projections")])
+    assert same["dev_predictions"] == "projections"
+    assert combine_seed_results([part(13), part(21)])["dev_predictions"] == "kernels"
