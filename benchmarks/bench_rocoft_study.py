@@ -27,6 +27,10 @@ time of the whole study.
 Usage::
 
     python benchmarks/bench_rocoft_study.py [--ks 16,64] [--repeats 2] [--check DIR] [--json FILE] [--costs FILE]
+        [--dev-costs FILE]
+
+With ``--dev-costs`` (``bench_dev_scoring.py --json`` output) λ's dev predictions are projected as the
+study now makes them, by projections onto one direction per grid λ, instead of dev×train kernels.
 """
 
 from __future__ import annotations
@@ -176,9 +180,12 @@ def at_classes(measured: dict[str, float], classes: int, power: int) -> float:
     return r1 + slope * (classes**power - c1**power)
 
 
-def project(work: dict, costs: dict, ablation: bool, epochs: int = 10) -> dict:
+def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs: dict | None = None) -> dict:
     """Projected seconds of one task's kernel job (with the selection ablation's subsets or not) and of
-    each fine-tuning run at the unit ``costs`` (`unit_costs`) and the task's number of classes."""
+    each fine-tuning run at the unit ``costs`` (`unit_costs`) and the task's number of classes.
+
+    ``dev_costs``: `bench_dev_scoring` unit costs (``by_classes``): λ's dev predictions by projections
+    (the study's default) instead of dev×train kernels."""
     train, dev, evals = work["train"], work["dev"], work["eval"]
     groups = ("table", "ablation") if ablation else ("table",)
     rates = {**costs["rates"], **{name: at_classes(measured, work["classes"], 2 if name.startswith("pair") else 1)
@@ -187,7 +194,18 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10) -> dict:
                                                                                          "projection")}}
     pairs = sum(train[i] * train[j] for i in range(len(train)) for j in range(i, len(train)))
     pairs += sum(d * t for d in dev for t in train)
-    per_seed = rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs + rates["directions"] * sum(train)
+    if dev_costs is not None:  # no dev kernels: a capture of every train and dev block, G directions, projections
+        dev_rates = {name: at_classes(measured, work["classes"], 1) for name, measured in dev_costs.items()
+                     if name != "pair"}
+        pairs -= sum(d * t for d in dev for t in train)
+        # measured for the table's four subsets; the ablation's four one-row/column subsets are left out
+        # (their directions are a row or column per matrix, small beside full's)
+        per_seed = (rates["capture"] * sum(train) + rates["pair"] * pairs + rates["directions"] * sum(train)
+                    + dev_rates["capture"] * (sum(train) + sum(dev))
+                    + dev_rates["directions"] * sum(train) + dev_rates["projection"] * sum(dev))
+    else:
+        per_seed = (rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs
+                    + rates["directions"] * sum(train))
     kernels = SEEDS * per_seed + sum(evals) * (rates["capture"] + rates["projection"])
     # --kernel-jobs seed: every seed captures the evaluation blocks again (the projections are split, not repeated)
     kernels_seed_jobs = kernels + (SEEDS - 1) * sum(evals) * rates["capture"]
@@ -211,6 +229,9 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--costs", type=Path, default=None,
                         help="take the unit costs from this earlier --json output instead of measuring them")
+    parser.add_argument("--dev-costs", type=Path, default=None,
+                        help="bench_dev_scoring.py --json output: project λ's dev predictions by projections (the "
+                             "study's default) instead of dev x train kernels")
     args = parser.parse_args()
     if args.costs is not None:
         saved = json.loads(args.costs.read_text())
@@ -220,6 +241,7 @@ def main() -> None:
     else:
         costs = unit_costs(args.repeats)
     print(json.dumps(costs), flush=True)
+    dev_costs = json.loads(args.dev_costs.read_text())["by_classes"] if args.dev_costs is not None else None
     _, tok = load_model("smollm2-135m")
     rows, total = [], 0.0
     for k in (int(x) for x in args.ks.split(",")):
@@ -229,7 +251,7 @@ def main() -> None:
             except Exception as error:  # a split the data cannot give
                 print(f"{task} k={k}: {error}")
                 continue
-            projected = project(work, costs, ablation=k == ABLATION_K)
+            projected = project(work, costs, ablation=k == ABLATION_K, dev_costs=dev_costs)
             row = {"task": task, "k": k, **projected}
             if args.check is not None and (args.check / f"{task}-k{k}" / "results.json").is_file():
                 timing = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())["timing_s"]
@@ -245,7 +267,8 @@ def main() -> None:
                      if "recorded_over_projected" in row else ""), flush=True)
     print(f"whole study on {costs['device']}: {total / 3600:.1f} h")
     if args.json:
-        Path(args.json).write_text(json.dumps({**costs, "rows": rows, "total_h": total / 3600}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": "projections" if dev_costs else "kernels",
+                                               "rows": rows, "total_h": total / 3600}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
