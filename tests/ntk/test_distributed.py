@@ -97,10 +97,11 @@ def test_two_processes_racing_on_one_store_never_corrupt_it(one_process, tmp_pat
     assert set(meta["kernels"]) == {"train", "eval"}
 
 
-def test_ntk_compare_under_torchrun_writes_the_results_of_one_process(tmp_path):
+@pytest.mark.parametrize("dev", ["kernels", "projections"])
+def test_ntk_compare_under_torchrun_writes_the_results_of_one_process(tmp_path, dev):
     argv = ["-m", "ntk_peft.cli.compare", "--task", "sst2", "--subset", "row1", "--subset", "lora1",
             "--model", "tiny-llama", "--k", "4", "--seeds", "13,21", "--max-eval", "24", "--block-size", "4",
-            "--no-figures"]
+            "--no-figures", "--dev-predictions", dev]
     results = {}
     for nproc in (1, 2):
         out = tmp_path / f"p{nproc}"
@@ -113,10 +114,12 @@ def test_ntk_compare_under_torchrun_writes_the_results_of_one_process(tmp_path):
     assert strip(results[2]) == strip(results[1])
     for one, two in zip(results[1]["per_seed"], results[2]["per_seed"]):
         assert {k: v for k, v in two.items() if k != "timing_s"} == {k: v for k, v in one.items() if k != "timing_s"}
-    for name in ("train", "dev"):  # the kernels themselves, bitwise
+    assert results[1]["dev_predictions"] == dev
+    # the kernels themselves (or the dev projections that stand in for the dev kernels), bitwise
+    for pattern in ("train-[0-9]*", "dev-[0-9]*" if dev == "kernels" else "dev-projections-*"):
         for seed in (13, 21):
-            one = sorted((tmp_path / "p1" / f"seed-{seed}" / "blocks").glob(f"{name}-*"))
-            two = sorted((tmp_path / "p2" / f"seed-{seed}" / "blocks").glob(f"{name}-*"))
+            one = sorted((tmp_path / "p1" / f"seed-{seed}" / "blocks").glob(pattern))
+            two = sorted((tmp_path / "p2" / f"seed-{seed}" / "blocks").glob(pattern))
             assert [p.name for p in one] == [p.name for p in two] and one
             for a, b in zip(one, two):
                 left, right = load_file(str(a)), load_file(str(b))
