@@ -283,6 +283,7 @@ def _select_by_projections(model, plan: SeedPlan, names: list[str], k_train: dic
     """Subset -> (λ, model fitted at it): every grid λ fitted on the NTK, scored on dev by projections
     (`dev_projections`; rank 0 sends the weights to the other ranks, which compute their share)."""
     start = time.perf_counter()
+    solver = kernel_solver(KernelType.NTK, solver)
     fits = {n: grid_fits(solver, k_train[kernel_key(KernelType.NTK, n)].numpy(), y_train, f0_train) for n in names}
     stacked = {}
     for n, (_, models) in fits.items():
