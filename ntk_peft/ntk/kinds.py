@@ -183,7 +183,7 @@ class LinearWeight(ParamKind):
             return super().direction(cap, weights, transform)
         rec = cap.records[self.layer]
         dtype = rec.packed_inputs.dtype
-        outputs, tokens, d_out = rec.packed_grads.shape
+        _, tokens, d_out = rec.packed_grads.shape
         count = weights.shape[2]
         per_token = weights.to(dtype)[rec.example]  # [N, O, S]
         mixed = torch.einsum("otk,tos->tsk", rec.packed_grads, per_token)  # [N, S, d_out]
