@@ -292,11 +292,22 @@ def _select_by_projections(model, plan: SeedPlan, names: list[str], k_train: dic
                             f"by kernels")
         stacked[n] = stacked_weights(models)
     weights = distributed.broadcast({n: w for n, (w, _) in stacked.items()})
-    projections = dev_projections(model, plan, weights, calibration=plan.calibration, progress=progress)
-    chosen = {}
-    for n, (lambdas, models) in fits.items():
-        index, _ = pick_from_projections(lambdas, models, stacked[n][1], projections[n], y_dev, f0_dev)
-        chosen[kernel_key(KernelType.NTK, n)] = (lambdas[index], models[index])
+    picked = {}
+
+    def pick(projections: dict[str, np.ndarray]) -> dict[str, int]:
+        for n, (lambdas, models) in fits.items():
+            if n not in picked:
+                picked[n], _ = pick_from_projections(lambdas, models, stacked[n][1], projections[n], y_dev, f0_dev)
+        return picked
+
+    def columns(projections: dict[str, np.ndarray]) -> dict[str, slice]:
+        """The chosen model's columns of each subset's directions (kept for the evaluation's projections)."""
+        counts = {n: stacked[n][1] for n in fits}
+        return {n: slice(sum(counts[n][:i]), sum(counts[n][: i + 1])) for n, i in pick(projections).items()}
+
+    projections = dev_projections(model, plan, weights, calibration=plan.calibration, progress=progress,
+                                  keep=columns)
+    chosen = {kernel_key(KernelType.NTK, n): (fits[n][0][i], fits[n][1][i]) for n, i in pick(projections).items()}
     timing["dev_projections_wall_s"] = time.perf_counter() - start
     return chosen
 

@@ -16,15 +16,21 @@ under names carrying a hash of the grid fits' weights: an interrupted run
 resumes, another fit never reads stale projections, and their compute seconds
 count with the seed's kernels. The directions (model-sized for ``full``) are
 deleted once every projection is stored; a small block keeps their compute
-time.
+time, and the chosen λ's columns are kept under `kept_direction_name`, where
+the evaluation's projections (`ntk_peft.experiments.projections`) find the
+direction of the very model they score instead of computing it again.
 """
 
 from __future__ import annotations
 
+import hashlib
+from typing import Callable
+
 import numpy as np
 import torch
+from safetensors import safe_open
 
-from ntk_peft.ntk import capture, distributed, parse_subsets, subset_params
+from ntk_peft.ntk import batches_hash, capture, distributed, parse_subsets, subset_params
 from ntk_peft.ntk.blocked import tokens
 from ntk_peft.ntk.directions import project_directions, recorded_directions
 from ntk_peft.ntk.schedule import Block, run_blocks
@@ -61,8 +67,18 @@ def pick_from_projections(lambdas: list[float], models: list, counts: list[int],
     return lambdas.index(chosen), accuracies
 
 
-def dev_projections(model, plan, weights: dict[str, torch.Tensor], *, calibration=None,
-                    progress: bool = True) -> dict[str, np.ndarray]:
+def kept_direction_name(subset: str, weights: torch.Tensor, targets="all", seed: int = 0,
+                        calibration=None) -> str:
+    """The block of a seed's store that keeps the direction of ``weights`` ``[n_train, O, S]`` (float64) over
+    one subset, resolved with ``targets``, ``seed`` and ``calibration`` (as `subset_params`): a hash of all
+    of them, so only the very same fit over the same parameters finds it."""
+    parts = [subset, repr(targets), str(seed), "" if calibration is None else batches_hash(calibration),
+             tensor_hash([weights])]
+    return "direction-of-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def dev_projections(model, plan, weights: dict[str, torch.Tensor], *, calibration=None, progress: bool = True,
+                    keep: Callable[[dict[str, np.ndarray]], dict[str, slice]] | None = None) -> dict[str, np.ndarray]:
     """Subset -> ``[n_dev, O, S]`` float64: each dev prompt's gradient projected on the directions of the
     weights ``[n_train, O, S]`` over the seed's training prompts (every rank computes its share of the
     blocks and gets the result).
@@ -71,6 +87,8 @@ def dev_projections(model, plan, weights: dict[str, torch.Tensor], *, calibratio
         plan: the seed's `SeedPlan` (its store, train and dev blocks).
         weights: subset spec (as in the kernels) -> direction weights; the NTK of the label logits.
         calibration: Wanda's calibration blocks (as given to the kernels).
+        keep: the projections -> subset -> the columns of its directions to keep (the chosen λ's), each
+            saved under `kept_direction_name` of those columns' weights; read on rank 0 only.
     """
     names = list(weights)
     digest = tensor_hash([weights[n] for n in names])[:16]
@@ -110,11 +128,21 @@ def dev_projections(model, plan, weights: dict[str, torch.Tensor], *, calibratio
                    desc="dev directions")
         run_blocks(todo, compute_projections, progress=progress, desc="dev projections")
         state.clear()
-        if distributed.is_main():  # every projection is stored: keep the directions' time, not the tensors
-            seconds = store.compute_seconds(directions_name)
-            store.save(f"{directions_name}-seconds", 0, 0, {"seconds": torch.tensor([seconds], dtype=torch.float64)},
-                       seconds=seconds)
-            store.block_path(directions_name, 0, 0).unlink(missing_ok=True)
-        distributed.barrier()
     blocks = [store.load(projections_name, 0, j) for j in range(len(dev_batches))]
-    return {n: torch.cat([b[f"P/{n}"] for b in blocks]).numpy() for n in names}
+    projections = {n: torch.cat([b[f"P/{n}"] for b in blocks]).numpy() for n in names}
+    if distributed.is_main() and store.has(directions_name, 0, 0):  # every projection is stored (this run or
+        # one cut short after them): keep the directions' time and the chosen columns, not the whole tensors
+        kept = keep(projections) if keep is not None else {}
+        with safe_open(str(store.block_path(directions_name, 0, 0)), framework="pt") as handle:
+            for n, columns in kept.items():
+                prefix = f"V/{n}/"
+                part = {key[len(prefix):]: handle.get_slice(key)[columns].contiguous()
+                        for key in handle.keys() if key.startswith(prefix)}
+                name = kept_direction_name(n, weights[n][:, :, columns], calibration=calibration)
+                store.save(name, 0, 0, part, seconds=0.0)  # its time is counted with the directions'
+        seconds = store.compute_seconds(directions_name)
+        store.save(f"{directions_name}-seconds", 0, 0, {"seconds": torch.tensor([seconds], dtype=torch.float64)},
+                   seconds=seconds)
+        store.block_path(directions_name, 0, 0).unlink(missing_ok=True)
+    distributed.barrier()
+    return projections

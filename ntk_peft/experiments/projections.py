@@ -7,7 +7,9 @@ each evaluation block is recorded once and projected onto every seed's
 direction of every kernel at once. Blocks go through `run_blocks` (sharded over
 torch.distributed ranks) into a `KernelStore` under a folder named by a hash of
 the directions' weights and the inputs, so an interrupted run resumes, and
-different fits or evaluation sets never share stale projections.
+different fits or evaluation sets never share stale projections. A model whose
+λ was picked from dev projections has its direction already, kept in its
+seed's store (`kept_direction_name`): it is read, not computed again.
 
 Sign kernels (``kernel`` not ``ntk``) project the same way with the transforms
 of `direction_plan`: a SignGD model's direction is Σ W·sign(∂f(x_i)/∂θ_S)
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 import ntk_peft
+from ntk_peft.experiments.dev_projections import kept_direction_name
 from ntk_peft.ntk import KernelStore, batches_hash, capture, distributed, model_hash, parse_subsets, subset_params
 from ntk_peft.ntk.blocked import tokens
 from ntk_peft.ntk.directions import gradient_directions, project_directions, reference_projection, subset_directions
@@ -107,10 +110,15 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
     def compute_direction(block: Block) -> dict[str, torch.Tensor]:
         """One seed's directions of one kernel (block ``direction-<seed index>-<kernel index>``)."""
         name, fit = names[block.j], fits[block.i]
-        batches = [to_device(b, model) for b in fit.plan.batches["train"]]
-        if kernel is KernelType.NTK:  # one backward pass over the prompts (the sum over examples first)
+        if kernel is KernelType.NTK:
+            kept = kept_direction_name(name, weights[name][block.i], targets, seed, calibration)
+            if fit.plan.store.readable(kept, 0, 0):  # formed with the dev projections of the chosen λ
+                return {key: v.to(_dtype(model)) for key, v in fit.plan.store.load(kept, 0, 0).items()}
+            # one backward pass over the prompts (the sum over examples first)
             weight = weights[name][block.i].to(device=_device(model), dtype=_dtype(model))
+            batches = [to_device(b, model) for b in fit.plan.batches["train"]]
             return subset_directions(subsets()[name], batches, weight)
+        batches = [to_device(b, model) for b in fit.plan.batches["train"]]
         weight = weights[name][block.i]  # sign kernels: per-example gradients, transformed, then summed
         captures = [recorded(b) for b in batches]
         columns = [gradient_directions(model, subsets()[name], captures, weight[..., s : s + 1], transform)
@@ -179,6 +187,10 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
         store.save("directions", 0, 0, {"seconds": torch.tensor([seconds], dtype=torch.float64)}, seconds=seconds)
         for path in (store.folder / "blocks").glob("direction-*.safetensors"):
             path.unlink(missing_ok=True)
+    if distributed.is_main():  # and the seeds' kept directions (`kept_direction_name`) are not needed either
+        for fit in fits:
+            for path in (fit.plan.store.folder / "blocks").glob("direction-of-*.safetensors"):
+                path.unlink(missing_ok=True)
     state.clear()
     if not distributed.is_main():  # rank 0 scores (it alone holds f0)
         return [{} for _ in fits], 0.0

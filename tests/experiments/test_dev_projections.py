@@ -111,3 +111,80 @@ def test_bad_dev_predictions_are_refused_before_any_work(tmp_path, kwargs, match
         run_compare(task, ["row1"], k=4, seeds=[13], model_name="tiny-llama", out=tmp_path / "x", progress=False,
                     **kwargs)
     assert not (tmp_path / "x" / "results.json").exists()
+
+
+def test_evaluation_reads_the_chosen_directions_kept_from_the_dev_projections(tmp_path, monkeypatch):
+    """The chosen λ's directions, formed for the dev projections, are the evaluation's: no backward pass
+    computes them again (Wanda-calibrated subsets too), and the kept copies go once the evaluation is
+    stored."""
+    from ntk_peft.experiments import projections
+
+    calls = {"directions": 0}
+    original = projections.subset_directions
+    monkeypatch.setattr(projections, "subset_directions", lambda *a, **k: calls.__setitem__(
+        "directions", calls["directions"] + 1) or original(*a, **k))
+    kwargs = dict(k=4, seeds=[13, 21], model_name="tiny-llama", max_eval=8, block_size=4, progress=False)
+    names = ["full", "row1", "col1:wanda-max"]
+    run_compare("sst-5", names, out=tmp_path / "kept", dev_predictions="projections", **kwargs)
+    assert calls["directions"] == 0
+    assert not list((tmp_path / "kept").rglob("blocks/direction-of-*"))  # removed once every projection is in
+    run_compare("sst-5", names, out=tmp_path / "by-kernels", **kwargs)  # λ from dev kernels: nothing kept
+    assert calls["directions"] == 2 * len(names)  # 2 seeds x 3 kernels
+
+
+def test_kept_directions_project_the_evaluation_as_computed_ones(tmp_path, tiny, monkeypatch):
+    """Eval projections onto the kept directions (recorded with the dev projections) equal those onto
+    directions computed by reverse mode, and give the same accuracies (tiny-bert: float64 throughout,
+    where tiny-llama's RMSNorm rounds to float32)."""
+    from ntk_peft.experiments import projections
+
+    calls = {"directions": 0}
+    original = projections.subset_directions
+    monkeypatch.setattr(projections, "subset_directions", lambda *a, **k: calls.__setitem__(
+        "directions", calls["directions"] + 1) or original(*a, **k))
+    model, tok = load_model("tiny-bert", dtype=torch.float64, seed=1)
+    plans = [plan_seed(model, tok, "tiny-bert", "sst-5", NAMES, 4, seed, tmp_path / "seeds", max_eval=8,
+                       block_size=4) for seed in (13, 21)]
+    fits = [fit_seed(model, tok, "sst-5", NAMES, plan, progress=False, dev_predictions="projections")
+            for plan in plans]
+    assert [len(list((p.store.folder / "blocks").glob("direction-of-*"))) for p in plans] == [len(NAMES)] * 2
+    by_kept, _ = projections.score_with_projections(model, fits, NAMES, tmp_path / "kept", model_name="tiny-bert",
+                                                    progress=False)
+    assert calls["directions"] == 0
+    assert not [p for plan in plans for p in (plan.store.folder / "blocks").glob("direction-of-*")]
+    fresh, _ = projections.score_with_projections(model, fits, NAMES, tmp_path / "fresh", model_name="tiny-bert",
+                                                  progress=False)  # nothing kept now: computed
+    assert calls["directions"] == 2 * len(NAMES) and by_kept == fresh
+    blocks = {run: sorted((tmp_path / run).glob("*/blocks/eval-*")) for run in ("kept", "fresh")}
+    assert len(blocks["kept"]) == len(blocks["fresh"]) == 2
+    for a, b in zip(blocks["kept"], blocks["fresh"]):
+        for key, value in load_file(str(a)).items():
+            expected = load_file(str(b))[key]
+            torch.testing.assert_close(value, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
+
+
+def test_a_dev_run_cut_short_after_its_projections_still_keeps_the_chosen_directions(tmp_path, tiny):
+    """Directions left behind by a run stopped after the last dev projection are retired on the rerun:
+    the chosen columns kept (those of the chosen weights), the time kept, the tensors removed."""
+    model, tok = tiny
+    plan = plan_seed(model, tok, "tiny-llama", "sst2", NAMES, 4, 13, tmp_path, max_eval=6, block_size=3)
+    weights = {n: torch.randn(len(plan.train), 2, 3, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(i)) for i, n in enumerate(NAMES)}
+    module.dev_projections(model, plan, weights, progress=False)  # no keep: nothing kept
+    blocks = plan.store.folder / "blocks"
+    assert not list(blocks.glob("direction-of-*"))
+    digest = module.tensor_hash([weights[n] for n in NAMES])[:16]
+    seconds_block = f"dev-directions-{digest}-seconds"
+    assert plan.store.has(seconds_block, 0, 0) and not plan.store.has(f"dev-directions-{digest}", 0, 0)
+    # a run stopped between the last projection and the retirement: the directions are back on disk
+    subs = {str(s): module.subset_params(model, s, "all", 0) for s in module.parse_subsets(NAMES)}
+    directions = module.recorded_directions(model, subs, plan.batches["train"], weights)
+    plan.store.save(f"dev-directions-{digest}", 0, 0,
+                    {f"V/{n}/{key}": v for n, part in directions.items() for key, v in part.items()}, seconds=1.0)
+    module.dev_projections(model, plan, weights, progress=False, keep=lambda p: {"row1": slice(1, 2)})
+    assert not plan.store.has(f"dev-directions-{digest}", 0, 0)
+    kept = plan.store.load(module.kept_direction_name("row1", weights["row1"][:, :, 1:2]), 0, 0)
+    assert set(kept) == set(directions["row1"])
+    for key, value in kept.items():
+        assert torch.equal(value, directions["row1"][key][1:2])
+    assert plan.store.compute_seconds(f"dev-directions-{digest}-seconds") == 1.0
