@@ -30,7 +30,8 @@ Usage::
         [--dev-costs FILE]
 
 With ``--dev-costs`` (``bench_dev_scoring.py --json`` output) λ's dev predictions are projected as the
-study now makes them, by projections onto one direction per grid λ, instead of dev×train kernels.
+study now makes them, by projections onto one direction per grid λ, instead of dev×train kernels (and
+the evaluation reuses the chosen λ's direction).
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
                      if name != "pair"}
         pairs -= sum(d * t for d in dev for t in train)
         # measured for the table's four subsets; the ablation's four one-row/column subsets are left out
-        # (their directions are a row or column per matrix, small beside full's)
-        per_seed = (rates["capture"] * sum(train) + rates["pair"] * pairs + rates["directions"] * sum(train)
+        # (their directions are a row or column per matrix, small beside full's). The evaluation projects
+        # onto the chosen λ's direction kept from these, so it has no directions of its own to compute.
+        per_seed = (rates["capture"] * sum(train) + rates["pair"] * pairs
                     + dev_rates["capture"] * (sum(train) + sum(dev))
                     + dev_rates["directions"] * sum(train) + dev_rates["projection"] * sum(dev))
     else:
