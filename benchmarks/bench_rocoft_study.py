@@ -21,7 +21,8 @@ dev blocks (train grouped by class, like ``ntk-compare``) and its evaluation sub
 blocked by length), 5 seeds, 10 epochs. Projected hours per task and k are printed (and written with
 ``--json``), with the kernel part's cost as per-seed jobs (``--kernel-jobs seed``); the kernel part is
 checked against what a finished study job recorded (``--check
-results/rocoft-smollm2``: recorded compute seconds / projected). On a GPU this gives the projected GPU
+results/rocoft-smollm2``: recorded compute seconds / projected, as task and as per-seed jobs; only for
+tasks whose λ was picked the projected way, dev kernels or dev projections). On a GPU this gives the projected GPU
 time of the whole study.
 
 Usage::
@@ -244,6 +245,7 @@ def main() -> None:
         costs = unit_costs(args.repeats)
     print(json.dumps(costs), flush=True)
     dev_costs = json.loads(args.dev_costs.read_text())["by_classes"] if args.dev_costs is not None else None
+    mode = "projections" if dev_costs else "kernels"  # how λ's dev predictions are projected
     _, tok = load_model("smollm2-135m")
     rows, total = [], 0.0
     for k in (int(x) for x in args.ks.split(",")):
@@ -256,20 +258,28 @@ def main() -> None:
             projected = project(work, costs, ablation=k == ABLATION_K, dev_costs=dev_costs)
             row = {"task": task, "k": k, **projected}
             if args.check is not None and (args.check / f"{task}-k{k}" / "results.json").is_file():
-                timing = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())["timing_s"]
+                recorded = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())
+                timing = recorded["timing_s"]
                 row["recorded_kernels_s"] = timing["kernels_recorded"] + timing["projections_recorded"]
-                row["recorded_over_projected"] = row["recorded_kernels_s"] / projected["kernels_s"]
+                # older records predate the field: they picked λ from dev kernels; "per seed": a mix
+                row["recorded_dev_predictions"] = recorded.get("dev_predictions", "kernels")
+                if row["recorded_dev_predictions"] == mode:  # checked only against the same way of working
+                    row["recorded_over_projected"] = row["recorded_kernels_s"] / projected["kernels_s"]
+                    row["recorded_over_projected_seed_jobs"] = (row["recorded_kernels_s"]
+                                                                / projected["kernels_seed_jobs_s"])
             total += projected["task_s"]
             rows.append(row)
             print(f"{task:>6} k={k:<3} kernels {projected['kernels_s'] / 3600:6.2f} h, fine-tuning "
                   + ", ".join(f"{a} {s / 60:5.1f} min" for a, s in projected["fine_tuning_run_s"].items())
                   + f" per run, task {projected['task_s'] / 3600:6.2f} h; per-seed kernel jobs "
                   + f"{projected['kernels_seed_jobs_s'] / projected['kernels_s']:.2f}x the kernels"
-                  + (f"  (recorded/projected kernels {row['recorded_over_projected']:.2f})"
-                     if "recorded_over_projected" in row else ""), flush=True)
+                  + (f"  (recorded/projected kernels {row['recorded_over_projected']:.2f}, as per-seed jobs "
+                     f"{row['recorded_over_projected_seed_jobs']:.2f})" if "recorded_over_projected" in row else "")
+                  + (f"  (recorded with dev predictions by {row['recorded_dev_predictions']}: not compared)"
+                     if "recorded_kernels_s" in row and "recorded_over_projected" not in row else ""), flush=True)
     print(f"whole study on {costs['device']}: {total / 3600:.1f} h")
     if args.json:
-        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": "projections" if dev_costs else "kernels",
+        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": mode,
                                                "rows": rows, "total_h": total / 3600}, indent=2) + "\n")
 
 
