@@ -130,7 +130,7 @@ def dev_projections(model, plan, weights: dict[str, torch.Tensor], *, calibratio
         state.clear()
     blocks = [store.load(projections_name, 0, j) for j in range(len(dev_batches))]
     projections = {n: torch.cat([b[f"P/{n}"] for b in blocks]).numpy() for n in names}
-    if distributed.is_main() and store.has(directions_name, 0, 0):  # every projection is stored (this run or
+    if distributed.is_main() and store.readable(directions_name, 0, 0):  # every projection is stored (this run or
         # one cut short after them): keep the directions' time and the chosen columns, not the whole tensors
         kept = keep(projections) if keep is not None else {}
         with safe_open(str(store.block_path(directions_name, 0, 0)), framework="pt") as handle:
