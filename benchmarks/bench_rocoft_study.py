@@ -19,7 +19,8 @@ each is measured at C = 2 and 5 and taken at a task's C on the line through the 
 The workload is the study's own (`ntk_peft.experiments.rocoft_study`): every task's seed-13 train and
 dev blocks (train grouped by class, like ``ntk-compare``) and its evaluation subset (at most 1,000,
 blocked by length), 5 seeds, 10 epochs. Projected hours per task and k are printed (and written with
-``--json``), with the kernel part's cost as per-seed jobs (``--kernel-jobs seed``); the kernel part is
+``--json``), with the kernel part's cost as task jobs (``--kernel-jobs task``, and about that with ``split``:
+one evaluation pass per task) and as per-seed jobs (``--kernel-jobs seed``); the kernel part is
 checked against what a finished study job recorded (``--check
 results/rocoft-smollm2``: recorded compute seconds / projected, as task and as per-seed jobs; only for
 tasks whose λ was picked the projected way, dev kernels or dev projections). On a GPU this gives the projected GPU

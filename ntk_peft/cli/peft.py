@@ -148,9 +148,10 @@ def build_parser() -> Parser:
     rocoft.add_argument("--results", default="results/rocoft-smollm2",
                         help="committable results, README and figures (default results/rocoft-smollm2)")
     rocoft.add_argument("--data-dir", default=None, help="LM-BFF data folder (default $NTK_PEFT_DATA or ../shared/data)")
-    rocoft.add_argument("--kernel-jobs", choices=("task", "seed"), default="task",
-                        help="one kernel job per task (default) or per seed: each seed recorded as it finishes, "
-                             "for machines that may be lost mid-task, at one evaluation pass per seed")
+    rocoft.add_argument("--kernel-jobs", choices=("task", "seed", "split"), default="task",
+                        help="one kernel job per task (default); per seed: each seed recorded as it finishes, "
+                             "for machines that may be lost mid-task, at one evaluation pass per seed; split: one "
+                             "fitting job per seed, then one evaluation pass for the task's seeds")
     rocoft.add_argument("--dev-predictions", choices=("projections", "kernels"), default="projections",
                         help="how lambda selection predicts the dev split: projections onto one direction per grid "
                              "lambda (default; no dev x train kernels) or the dev x train kernels (the study's "
@@ -388,7 +389,7 @@ def _study(args) -> int:
     from ntk_peft.tasks import load_split
 
     for job in jobs:  # every split loads before the long work starts
-        if job.kind == "kernels":
+        if job.kind != "train":
             for seed in config.seeds:
                 load_split(job.task, job.k, seed, config.data_dir)
     launched = distributed.init_from_env()
@@ -396,7 +397,7 @@ def _study(args) -> int:
     finished = False
     try:
         done = run_study(config, after_each=lambda jobs: write_report(  # the tables; a kernel job's figures
-            config.results, figures={j.folder for j in jobs if j.kind == "kernels"}))
+            config.results, figures={j.folder for j in jobs if j.kind in ("kernels", "evaluate")}))
         finished = True
     finally:
         if launched:

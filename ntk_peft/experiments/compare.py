@@ -159,9 +159,10 @@ class SeedFit:
     offset: bool
 
 
-def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, shared_f0: dict) -> dict:
-    """Label logits at the model's point for train, dev and this plan's eval set, kept in ``f0.safetensors``
-    (``eval/<hash>`` per evaluation set, so another ``max_eval`` adds its own)."""
+def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, shared_f0: dict,
+        evaluation: bool = True) -> dict:
+    """Label logits at the model's point for train, dev and (with ``evaluation``) this plan's eval set, kept
+    in ``f0.safetensors`` (``eval/<hash>`` per evaluation set, so another ``max_eval`` adds its own)."""
     from safetensors.torch import load_file
 
     path = plan.folder / "f0.safetensors"
@@ -172,6 +173,10 @@ def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, sh
         examples = plan.train if part == "train" else plan.dev
         stored[part] = predict_logits(model, tokenizer, spec, examples, plan.block_size, progress=progress,
                                       desc=f"f0 {part} (seed {plan.seed})", **prompt)
+    if not evaluation:
+        if missing:
+            save_tensors(path, stored)
+        return {"train": stored["train"], "dev": stored["dev"]}
     if eval_key not in stored:
         if eval_key not in shared_f0:  # the same for every seed
             shared_f0[eval_key] = predict_logits(model, tokenizer, spec, plan.evaluation, plan.block_size,
@@ -187,7 +192,7 @@ def _f0(model, tokenizer, spec, plan: SeedPlan, prompt: dict, progress: bool, sh
 def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, solver: str = "klr",
              lam: float | None = None, offset: bool = True, implementation: str = "fast", prompt: dict | None = None,
              progress: bool = True, shared_f0: dict | None = None, kernels_0: dict | None = None,
-             kernels=(KernelType.NTK,), dev_predictions: str = "kernels") -> SeedFit:
+             kernels=(KernelType.NTK,), dev_predictions: str = "kernels", evaluation: bool = True) -> SeedFit:
     """f0, the train and dev kernels (cached in the seed's store) and one solver per kernel, λ picked on dev.
 
     ``dev_predictions``: ``kernels`` (dev×train kernel blocks) or ``projections`` (no dev kernels: the
@@ -196,7 +201,8 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     ``kernels``: kernel types; each subset's kernel of each type is fitted under `kernel_key` with
     `kernel_solver` on `kernel_output`. ``shared_f0`` carries the eval set's f0 from one seed to the
     next (it does not depend on the seed); ``kernels_0`` (name -> train NTK at another point, e.g.
-    pretrained) adds ``kernel_distance``. Under torch.distributed every rank computes its share of the
+    pretrained) adds ``kernel_distance``. Without ``evaluation`` the eval set's f0 is left out (a fit whose
+    evaluation comes later, in another run). Under torch.distributed every rank computes its share of the
     kernel blocks, rank 0 computes f0 and fits, and the other ranks receive the fitted models (their
     ``f0`` and ``result`` stay empty).
     """
@@ -233,7 +239,7 @@ def fit_seed(model, tokenizer, task: str, names: list[str], plan: SeedPlan, *, s
     save_tensors(plan.folder / "train_kernels.safetensors",
                  {**{f"K/{n}": v for n, v in k_train.items()}, "labels": torch.tensor([e.label for e in plan.train])})
     start = time.perf_counter()
-    f0 = _f0(model, tokenizer, spec, plan, prompt, progress, shared_f0)
+    f0 = _f0(model, tokenizer, spec, plan, prompt, progress, shared_f0, evaluation)
     timing["f0_s"] = time.perf_counter() - start
     start = time.perf_counter()
     y_train = np.array([e.label for e in plan.train])
@@ -367,7 +373,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
                 prompt: dict | None = None, adapter_checkpoint: str | Path | None = None,
                 eval_kernels: bool = False, kernels=("ntk",), calibration_seed: int | None = None,
-                dev_predictions: str = "kernels") -> dict:
+                dev_predictions: str = "kernels", evaluate: bool = True) -> dict:
     """The whole study over seeds; writes ``results.json`` in ``out``.
 
     ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
@@ -384,6 +390,10 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     ``dev_predictions``: how λ selection predicts the dev split: from dev×train kernels (``kernels``) or
     from projections onto one direction per grid λ (``projections``, the NTK only: no dev kernels, the
     cheaper way when the splits or the classes are many; `ntk_peft.experiments.dev_projections`).
+    ``evaluate=False``: stop after the fits (kernels, λ and, by projections, the chosen directions are kept
+    in the seed stores) and write nothing; returns ``{"task", "model", "k", "seeds", "fitted": per-seed
+    entries without accuracies}``. A later call over the same ``out`` reads them back and scores the
+    evaluation set, one pass for all its seeds: fitting seed by seed costs no extra evaluation pass.
     """
     spec = get_task(task)
     for text in subsets:
@@ -453,8 +463,14 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     shared_f0: dict = {}
     fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,
                      implementation=implementation, prompt=prompt, progress=progress, shared_f0=shared_f0,
-                     kernels_0=kernels_0.get(plan.seed), kernels=kernel_types, dev_predictions=dev_predictions)
+                     kernels_0=kernels_0.get(plan.seed), kernels=kernel_types, dev_predictions=dev_predictions,
+                     evaluation=evaluate)
             for plan in plans]
+    if not evaluate:
+        fitted = {"task": spec.name, "model": model_name, "k": k, "seeds": list(seeds),
+                  "fitted": [{**f.result, "timing_s": {**f.result["timing_s"], "kernels_s": f.plan.store.compute_seconds()}}
+                             for f in fits]} if distributed.is_main() else None
+        return distributed.broadcast(fitted)
     keys = [kernel_key(kernel, n) for kernel in kernel_types for n in kernel_names]
     by_projection = not eval_kernels and all(f.models[n].direction_weights() is not None
                                              for f in fits for n in keys)
@@ -531,10 +547,11 @@ def _sum_timings(timings: list[dict]) -> dict:
     return total
 
 
-def combine_seed_results(parts: list[dict]) -> dict:
+def combine_seed_results(parts: list[dict], order: list[int] | None = None) -> dict:
     """One results file from `run_compare` results of the same run over disjoint seeds (e.g. one call per
-    seed): the per-seed entries in the order of the parts, the summary over all of them, the seconds
-    added up. Everything else must agree, or `UserError`."""
+    seed): the per-seed entries in the order of the parts (or of the seeds ``order``, which must be exactly
+    the parts' seeds), the summary over all of them, the seconds added up. Everything else must agree, or
+    `UserError`."""
     if not parts:
         raise UserError("no per-seed results to combine")
     varying = ("seeds", "per_seed", "summary", "timing_s", "dev_predictions")  # λ's dev predictions may change
@@ -550,6 +567,11 @@ def combine_seed_results(parts: list[dict]) -> dict:
     # results written before dev predictions were recorded all picked λ from dev kernels
     per_seed = [{**entry, "dev_predictions": entry.get("dev_predictions", part.get("dev_predictions", "kernels"))}
                 for part in parts for entry in part["per_seed"]]
+    if order is not None:
+        if sorted(order) != sorted(seeds):
+            raise UserError(f"per-seed results of seeds {seeds} cannot be put in the order {list(order)}")
+        per_seed = sorted(per_seed, key=lambda entry: list(order).index(entry["seed"]))
+        seeds = list(order)
     ways = list(dict.fromkeys(part.get("dev_predictions", "kernels") for part in parts))
     results = {key: value for key, value in parts[0].items() if key not in ("summary", "timing_s")}
     results["dev_predictions"] = ways[0] if len(ways) == 1 else "per seed"

@@ -171,8 +171,9 @@ def status_table(study: dict) -> list[str]:
             first = results or (parts[0] if parts else None)
             evaluated = str(first["per_seed"][0]["n_eval"]) if first else "-"
             per_seed = [e for part in ([results] if results else parts) for e in part["per_seed"]]
+            recorded = sum(len(part["seeds"]) for part in parts)  # a record may hold several seeds
             kernels = (f"{len(results['seeds'])} seeds" if results else
-                       f"pending ({len(parts)} seed{'s' * (len(parts) != 1)} recorded)" if parts else "pending")
+                       f"pending ({recorded} seed{'s' * (recorded != 1)} recorded)" if parts else "pending")
             rows.append([paper_name(task), str(k), kernels, done, evaluated, top_of_grid(per_seed),
                          f"{hours[0]:.2f} + {hours[1]:.2f}"])
     rows.append(["all", "", "", "", "", "", f"{totals[0]:.2f} + {totals[1]:.2f} = {sum(totals):.2f}"])

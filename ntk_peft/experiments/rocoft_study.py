@@ -19,6 +19,15 @@ time-limited one) loses one seed's work, not the task's. The price is one captur
 evaluation set per seed instead of one for all seeds: by ``benchmarks/bench_rocoft_study.py``, 1.1-1.8x
 a task's kernel time at k = 16 and 1.0-1.3x at k = 64.
 
+``kernel_jobs="split"`` (``--kernel-jobs split``) keeps the seed-by-seed fitting without that price: one
+fitting job per seed (its kernels, λ from the dev projections, the chosen model's directions kept in the
+seed's store; ``kernel-seeds/fitted-<seed>.json`` marks it), then one evaluation job per task that reads
+the fits back (`run_compare` with ``evaluate=False``, then the same call over every seed left) and
+projects the evaluation set once for all of them. Seeds already recorded by per-seed jobs (a task begun
+with ``--kernel-jobs seed``) are combined with the evaluation job's record, not run again. If the run
+folders are lost between the fitting jobs and the evaluation job, the evaluation job recomputes what it
+misses: slower, never wrong.
+
 λ is picked on each seed's dev split from projections onto one direction per grid λ
 (``dev_predictions="projections"``, `ntk_peft.experiments.dev_projections`): the dev×train kernels'
 predictions without those kernels, whose cost grows with the product of the splits' tokens and the square
@@ -53,7 +62,7 @@ ABLATION_SUBSETS = ("row1:random", "row1:wanda-max", "col1:random", "col1:wanda-
 # AdamW learning rate per fine-tuned adapter, 10 epochs at batch size 8 (see results/rocoft-smollm2/README.md).
 FINE_TUNING_LR = {"full": 1e-5, "lora1": 1e-3, "row1": 1e-3}
 DEFAULT_MAX_EVAL = 1000
-KERNEL_JOBS = ("task", "seed")
+KERNEL_JOBS = ("task", "seed", "split")
 HEATMAP_K = 16  # figure data holds train kernels at this k only (k = 64 kernels are 16x larger)
 ABLATION_K = 16  # the row/column-selection ablation runs at this k only
 
@@ -62,11 +71,11 @@ ABLATION_K = 16  # the row/column-selection ablation runs at this k only
 class StudyJob:
     """One unit of the queue: the kernels of a task at k, or one fine-tuning run."""
 
-    kind: str  # "kernels" | "train"
+    kind: str  # "kernels" | "fit" | "evaluate" (the two halves of a kernel job, ``kernel_jobs="split"``) | "train"
     task: str  # the task's LM-BFF name, e.g. SST-2
     k: int
     adapter: str | None = None
-    seed: int | None = None  # a fine-tuning run's seed; a kernel job's with per-seed kernel jobs (else all seeds)
+    seed: int | None = None  # a fine-tuning or fitting run's seed; a kernel job's with per-seed jobs (else all seeds)
 
     @property
     def folder(self) -> str:
@@ -76,6 +85,10 @@ class StudyJob:
     def describe(self) -> str:
         if self.kind == "kernels":
             return f"kernels {self.task} k={self.k}" + ("" if self.seed is None else f" seed {self.seed}")
+        if self.kind == "fit":
+            return f"fit kernels {self.task} k={self.k} seed {self.seed}"
+        if self.kind == "evaluate":
+            return f"evaluate kernels {self.task} k={self.k}"
         return f"fine-tune {self.adapter} {self.task} k={self.k} seed {self.seed}"
 
 
@@ -95,7 +108,8 @@ class StudyConfig:
     results: Path = Path("results/rocoft-smollm2")
     data_dir: str | None = None
     block_size: int = 16
-    kernel_jobs: str = "task"  # "task": one kernel job per task and k (all seeds); "seed": one per seed
+    kernel_jobs: str = "task"  # "task": one kernel job per task and k (all seeds); "seed": one per seed;
+    # "split": one fitting job per seed, then one evaluation job for the task
     dev_predictions: str = "projections"  # λ selection's dev predictions (`run_compare`): "projections" or "kernels"
 
     def __post_init__(self):
@@ -146,6 +160,9 @@ def study_jobs(config: StudyConfig) -> list[StudyJob]:
         for task in config.tasks:
             if config.kernel_jobs == "seed":
                 jobs += [StudyJob("kernels", task, k, seed=seed) for seed in config.seeds]
+            elif config.kernel_jobs == "split":
+                jobs += [StudyJob("fit", task, k, seed=seed) for seed in config.seeds]
+                jobs.append(StudyJob("evaluate", task, k))
             else:
                 jobs.append(StudyJob("kernels", task, k))
             jobs += [StudyJob("train", task, k, adapter, seed) for adapter in config.fine_tune for seed in config.seeds]
@@ -165,23 +182,49 @@ def _kernels_match(results: dict | None, config: StudyConfig, k: int, seeds: lis
             and results.get("kernel_subsets") == config.subsets(k) and results.get("max_eval") == config.max_eval)
 
 
-def seed_record_path(config: StudyConfig, task: str, k: int, seed: int) -> Path:
-    """Where a per-seed kernel job's record waits until every seed has one."""
-    return config.results / f"{task}-k{k}" / "kernel-seeds" / f"seed-{seed}.json"
+def seed_record_path(config: StudyConfig, task: str, k: int, seeds: int | list[int]) -> Path:
+    """Where the record of a per-seed kernel job (or of an evaluation job over several seeds) waits until
+    every seed has one: ``kernel-seeds/seed-<seed>[-<seed>...].json``."""
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    return config.results / f"{task}-k{k}" / "kernel-seeds" / f"seed-{'-'.join(map(str, seeds))}.json"
+
+
+def fitted_path(config: StudyConfig, task: str, k: int, seed: int) -> Path:
+    """The mark of a finished fitting job (``kernel_jobs="split"``), beside the seed records."""
+    return config.results / f"{task}-k{k}" / "kernel-seeds" / f"fitted-{seed}.json"
+
+
+def seed_records(config: StudyConfig, task: str, k: int) -> list[dict]:
+    """The task's waiting kernel records of the study's kernels at ``k`` (each over one seed or several)."""
+    folder = config.results / f"{task}-k{k}" / "kernel-seeds"
+    records = [_read_json(path) or {} for path in sorted(folder.glob("seed-*.json"))]
+    return [r for r in records if _kernels_match(r.get("results"), config, k, (r.get("results") or {}).get("seeds"))]
+
+
+def _recorded_seeds(config: StudyConfig, task: str, k: int) -> set[int]:
+    return {seed for record in seed_records(config, task, k) for seed in record["results"]["seeds"]}
 
 
 def job_done(job: StudyJob, config: StudyConfig) -> bool:
     """Whether the job's record is in the results folder (for its seeds, subsets and evaluation set)."""
     folder = config.results / job.folder
-    if job.kind == "kernels":
+    if job.kind in ("kernels", "fit", "evaluate"):
         if _kernels_match(_read_json(folder / "results.json"), config, job.k, config.seeds):
             return True
-        if job.seed is None:
+        if job.seed is None:  # a task's kernel or evaluation job
             return False
-        record = _read_json(seed_record_path(config, job.task, job.k, job.seed)) or {}
-        return _kernels_match(record.get("results"), config, job.k, [job.seed])
+        if job.seed in _recorded_seeds(config, job.task, job.k):
+            return True
+        fitted = _read_json(fitted_path(config, job.task, job.k, job.seed)) if job.kind == "fit" else None
+        return fitted is not None and _fitted_match(fitted, config, job.k)
     record = _read_json(folder / "fine_tuning.json") or {}
     return str(job.seed) in record.get("runs", {}).get(job.adapter, {})
+
+
+def _fitted_match(fitted: dict, config: StudyConfig, k: int) -> bool:
+    """Whether a fitting job's mark is of the kernels the study asks for at ``k``."""
+    return (fitted.get("model") == config.model and fitted.get("kernel_subsets") == config.subsets(k)
+            and fitted.get("max_eval") == config.max_eval and fitted.get("dev_predictions") == config.dev_predictions)
 
 
 def train_config(job: StudyJob, config: StudyConfig):
@@ -198,45 +241,84 @@ def train_config(job: StudyJob, config: StudyConfig):
 
 def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> None:
     """One task's ntk-compare run (or one seed's), then its results and figure data into the results
-    folder (rank 0); a seed's record waits in ``kernel-seeds/`` until every seed has one."""
+    folder (rank 0); a seed's record waits in ``kernel-seeds/`` until every seed has one. A fitting job
+    (``kind="fit"``) records only its mark; an evaluation job goes to `run_evaluation`."""
+    if job.kind == "evaluate":
+        run_evaluation(job, config, progress)
+        return
     out = config.runs / "kernels" / job.folder
-    if job.seed is not None:
+    if job.kind == "fit":
+        out = out / "split"  # every seed's store where the task's evaluation job reads them back
+    elif job.seed is not None:
         out = out / f"seed-{job.seed}-job"  # the stores of a one-seed run (its projections are its own)
     results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model,
                           seeds=config.seeds if job.seed is None else [job.seed], calibration_seed=config.seeds[0],
                           max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
-                          progress=progress, dev_predictions=config.dev_predictions)
+                          progress=progress, dev_predictions=config.dev_predictions, evaluate=job.kind != "fit")
     if not distributed.is_main():
         return
     folder = config.results / job.folder
     folder.mkdir(parents=True, exist_ok=True)
     heatmaps = job.k == HEATMAP_K
+    if job.kind == "fit":
+        path = fitted_path(config, job.task, job.k, job.seed)
+        path.parent.mkdir(exist_ok=True)
+        write_json(path, {"model": config.model, "kernel_subsets": config.subsets(job.k), "max_eval": config.max_eval,
+                          "dev_predictions": config.dev_predictions, "fitted": results["fitted"]})
+        return
     if job.seed is None:
         write_json(folder / "figure_data.json", figure_data(out, results, heatmaps))
         write_json(folder / "results.json", results)  # last: its presence marks the job done
         return
-    first = job.seed == config.seeds[0]  # the figures show the first seed's kernels
-    record = seed_record_path(config, job.task, job.k, job.seed)
-    record.parent.mkdir(exist_ok=True)
+    _record_seeds(config, job, out, results)
+
+
+def _record_seeds(config: StudyConfig, job: StudyJob, out: Path, results: dict) -> None:
+    """Keep the record of a run over some of the seeds (with the figure data if it has the first seed) and
+    combine the records if every seed has one."""
+    first = results["seeds"][0] == config.seeds[0]  # the figures show the first seed's kernels
+    record = seed_record_path(config, job.task, job.k, results["seeds"])
+    record.parent.mkdir(parents=True, exist_ok=True)
     write_json(record,
-               {"results": results, "figure_data": figure_data(out, results, heatmaps) if first else None})
+               {"results": results, "figure_data": figure_data(out, results, job.k == HEATMAP_K) if first else None})
     combine_seed_records(config, job.task, job.k)
 
 
+def run_evaluation(job: StudyJob, config: StudyConfig, progress: bool = True) -> None:
+    """A task's evaluation job (``kernel_jobs="split"``): every seed without a record yet, scored in one
+    `run_compare` over the fitting jobs' folder (their kernels, λ and kept directions read back, computed
+    where missing), so the evaluation set is projected once for all of them; then recorded and combined."""
+    recorded = distributed.broadcast(_recorded_seeds(config, job.task, job.k) if distributed.is_main() else None)
+    seeds = [seed for seed in config.seeds if seed not in recorded]
+    if not seeds:
+        if distributed.is_main():
+            combine_seed_records(config, job.task, job.k)
+        return
+    out = config.runs / "kernels" / job.folder / "split"
+    results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model, seeds=seeds,
+                          calibration_seed=config.seeds[0], max_eval=config.max_eval, out=out,
+                          data_dir=config.data_dir, block_size=config.block_size, progress=progress,
+                          dev_predictions=config.dev_predictions)
+    if distributed.is_main():
+        _record_seeds(config, job, out, results)
+
+
 def combine_seed_records(config: StudyConfig, task: str, k: int) -> bool:
-    """Once every seed of a task's per-seed kernel jobs is recorded: ``results.json`` and
-    ``figure_data.json`` from the records (`combine_seed_results`), and the records removed. Returns
-    whether the task's kernels are complete."""
+    """Once the task's waiting records (`seed_records`) hold every seed once: ``results.json`` and
+    ``figure_data.json`` from them (`combine_seed_results`, in the study's seed order), and the records
+    and fitting marks removed. Returns whether the task's kernels are complete."""
     import shutil
 
     from ntk_peft.experiments.compare import combine_seed_results
 
-    records = [_read_json(seed_record_path(config, task, k, seed)) or {} for seed in config.seeds]
-    if not all(_kernels_match(r.get("results"), config, k, [seed]) for r, seed in zip(records, config.seeds)):
+    records = seed_records(config, task, k)
+    seeds = [seed for record in records for seed in record["results"]["seeds"]]
+    if sorted(seeds) != sorted(config.seeds):
         return False
     folder = config.results / f"{task}-k{k}"
-    write_json(folder / "figure_data.json", records[0]["figure_data"])
-    write_json(folder / "results.json", combine_seed_results([r["results"] for r in records]))
+    first = next(r for r in records if r["results"]["seeds"][0] == config.seeds[0])
+    write_json(folder / "figure_data.json", first["figure_data"])
+    write_json(folder / "results.json", combine_seed_results([r["results"] for r in records], order=config.seeds))
     shutil.rmtree(folder / "kernel-seeds")
     return True
 
@@ -338,7 +420,7 @@ def run_study(config: StudyConfig, progress: bool = True, after_each=None) -> li
     while position < len(pending):
         job = pending[position]
         started = time.perf_counter()
-        if job.kind == "kernels":
+        if job.kind != "train":
             group = [job]
             if distributed.is_main():
                 print(f"[{len(done) + 1}/{len(pending)}] {job.describe()}", flush=True)

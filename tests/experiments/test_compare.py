@@ -363,6 +363,13 @@ def test_per_seed_results_combine_into_one_summary_and_refuse_other_runs():
         combine_seed_results([part(13, 0.5), part(21, 0.5, k=64, max_eval=8)])
     with pytest.raises(UserError, match="repeat a seed"):
         combine_seed_results([part(13, 0.5), part(13, 0.5)])
+    # a part over several seeds (an evaluation job's), put back in the study's seed order
+    both = {**part(42, 1.0), "seeds": [13, 42], "per_seed": part(13, 0.5)["per_seed"] + part(42, 1.0)["per_seed"]}
+    ordered = combine_seed_results([both, part(21, 0.75)], order=[13, 21, 42])
+    assert ordered["seeds"] == [13, 21, 42] and ordered["per_seed"] == combined["per_seed"]
+    assert ordered["summary"] == combined["summary"]
+    with pytest.raises(UserError, match="cannot be put in the order"):
+        combine_seed_results([both, part(21, 0.75)], order=[13, 21])
 
 
 def test_seeds_whose_lambda_was_picked_differently_combine_and_say_so():

@@ -191,6 +191,86 @@ def test_per_seed_kernel_jobs_record_each_seed_then_make_the_records_of_one_job(
         np.testing.assert_allclose(figures["spectra"][name], expected["spectra"][name], rtol=1e-5, atol=1e-12)
 
 
+def _without_timings(results: dict) -> tuple[dict, list[dict]]:
+    return ({k: v for k, v in results.items() if k not in ("per_seed", "summary", "timing_s")},
+            [{k: v for k, v in r.items() if k != "timing_s"} for r in results["per_seed"]])
+
+
+def test_split_kernel_jobs_fit_seed_by_seed_and_project_the_evaluation_once(small_study, tmp_path, monkeypatch):
+    """``kernel_jobs="split"``: each seed's fit (kernels, λ from dev projections, the chosen directions kept)
+    is its own job; the task's evaluation job reads the fits back, with no direction or dev projection
+    computed again, and captures the evaluation blocks and their f0 once for both seeds. The records equal
+    the one-job run's apart from timings."""
+    from ntk_peft.experiments import compare, dev_projections, projections
+
+    calls = {"dev directions": 0, "eval directions": 0, "eval captures": 0, "f0 eval": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(dev_projections, "recorded_directions",
+                        counted("dev directions", dev_projections.recorded_directions))
+    monkeypatch.setattr(projections, "subset_directions", counted("eval directions", projections.subset_directions))
+    monkeypatch.setattr(projections, "capture", counted("eval captures", projections.capture))
+    predict = compare.predict_logits
+    monkeypatch.setattr(compare, "predict_logits", lambda *a, **kw: (calls.__setitem__(
+        "f0 eval", calls["f0 eval"] + (kw.get("desc") == "f0 eval")), predict(*a, **kw))[1])
+
+    whole_config, _, _ = small_study
+    config = StudyConfig(tasks=["SST-2"], ks=[16], seeds=[13, 21], fine_tune=[], model="tiny-llama", max_eval=8,
+                         runs=tmp_path / "runs", results=tmp_path / "results", kernel_jobs="split")
+    jobs = study_jobs(config)
+    assert [j.describe() for j in jobs] == ["fit kernels SST-2 k=16 seed 13", "fit kernels SST-2 k=16 seed 21",
+                                            "evaluate kernels SST-2 k=16"]
+    run_kernels(jobs[0], config, progress=False)  # ... and the machine is lost
+    folder = config.results / "SST-2-k16"
+    assert job_done(jobs[0], config) and not job_done(jobs[1], config) and not job_done(jobs[2], config)
+    assert not (folder / "results.json").exists() and calls["dev directions"] == 1 and calls["f0 eval"] == 0
+    other = StudyConfig(**{**config.__dict__, "ablation": False})  # a mark of other kernels does not count
+    assert not job_done(study_jobs(other)[0], other)
+    assert "| SST-2 | 16 | pending |" in report_section(config.results)  # a fit has no accuracy yet
+
+    stores = config.runs / "kernels" / "SST-2-k16" / "split"
+    assert run_study(config, progress=False) == jobs[1:]
+    assert calls == {"dev directions": 2, "eval directions": 0, "eval captures": 1, "f0 eval": 1}
+    assert not list(stores.rglob("blocks/direction-of-*"))  # the kept directions go once projected
+    assert all(job_done(j, config) for j in jobs) and not (folder / "kernel-seeds").exists()
+    combined = json.loads((folder / "results.json").read_text())
+    whole = json.loads((whole_config.results / "SST-2-k16" / "results.json").read_text())
+    assert combined["seeds"] == [13, 21] and combined["eval_predictions"] == "projections"
+    assert _without_timings(combined)[0] == _without_timings(whole)[0]
+    for ours, theirs in zip(*(_without_timings(r)[1] for r in (combined, whole))):
+        assert ours["seed"] == theirs["seed"] and ours["accuracy"] == theirs["accuracy"]
+        assert ours["lambda"] == theirs["lambda"]
+    assert combined["summary"]["accuracy"] == whole["summary"]["accuracy"]
+    figures = json.loads((folder / "figure_data.json").read_text())
+    assert figures["seed"] == 13 and figures["labels"] == json.loads(
+        (whole_config.results / "SST-2-k16" / "figure_data.json").read_text())["labels"]
+
+
+def test_split_jobs_take_up_a_task_begun_seed_by_seed(small_study, tmp_path):
+    """A task whose first seed was recorded by a per-seed job (``--kernel-jobs seed``) and is then run with
+    ``split``: that seed's fit counts as done and the evaluation job scores only the other seed."""
+    whole_config, _, _ = small_study
+    common = dict(tasks=["SST-2"], ks=[16], seeds=[13, 21], fine_tune=[], model="tiny-llama", max_eval=8,
+                  runs=tmp_path / "runs", results=tmp_path / "results")
+    run_kernels(StudyJob("kernels", "SST-2", 16, seed=13), StudyConfig(**common, kernel_jobs="seed"), progress=False)
+    config = StudyConfig(**common, kernel_jobs="split")
+    jobs = study_jobs(config)
+    assert job_done(jobs[0], config) and not job_done(jobs[1], config)
+    assert run_study(config, progress=False) == jobs[1:]
+    assert not (config.runs / "kernels" / "SST-2-k16" / "split" / "seed-13").exists()  # never fitted again
+    combined = json.loads((config.results / "SST-2-k16" / "results.json").read_text())
+    whole = json.loads((whole_config.results / "SST-2-k16" / "results.json").read_text())
+    assert combined["seeds"] == [13, 21] and _without_timings(combined)[0] == _without_timings(whole)[0]
+    assert [r["accuracy"] for r in combined["per_seed"]] == [r["accuracy"] for r in whole["per_seed"]]
+    assert combined["timing_s"]["kernels_recorded"] == pytest.approx(
+        sum(r["timing_s"]["kernels_s"] for r in combined["per_seed"]), rel=1e-12)
+
+
 def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
     from ntk_peft.cli.common import run_cli
     from ntk_peft.cli.peft import main
@@ -227,7 +307,7 @@ def test_under_torchrun_two_ranks_give_the_records_of_one_process(tmp_path):
     argv = ["-m", "ntk_peft.cli.peft", "study", "rocoft", "--tasks", "sst2", "--k", "16", "--seeds", "13,21",
             "--fine-tune", "row1", "--no-ablation", "--model", "tiny-llama", "--max-eval", "6", "--epochs", "1"]
     records = {}
-    for nproc, kernel_jobs in ((1, "task"), (2, "task"), (2, "seed")):
+    for nproc, kernel_jobs in ((1, "task"), (2, "task"), (2, "seed"), (2, "split")):
         out = tmp_path / f"p{nproc}-{kernel_jobs}"
         done = torchrun(nproc, *argv, "--runs", str(out / "runs"), "--results", str(out / "results"),
                         "--kernel-jobs", kernel_jobs)
@@ -242,4 +322,4 @@ def test_under_torchrun_two_ranks_give_the_records_of_one_process(tmp_path):
         records[nproc, kernel_jobs] = ({k: v for k, v in results.items() if k not in ("timing_s", "per_seed")},
                                        [{k: v for k, v in r.items() if k != "timing_s"} for r in results["per_seed"]],
                                        tuning)
-    assert records[2, "task"] == records[1, "task"] and records[2, "seed"] == records[1, "task"]
+    assert records[2, "task"] == records[1, "task"] == records[2, "seed"] == records[2, "split"]
