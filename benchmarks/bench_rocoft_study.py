@@ -34,6 +34,12 @@ Usage::
 With ``--dev-costs`` (``bench_dev_scoring.py --json`` output) λ's dev predictions are projected as the
 study now makes them, by projections onto one direction per grid λ, instead of dev×train kernels (and
 the evaluation reuses the chosen λ's direction).
+
+``--left DIR`` adds what is left of the study in the results folder ``DIR``, job by job as
+``ntk-peft study rocoft --kernel-jobs split`` would run it (`rocoft_study.job_done`): a fitting job not done
+costs one seed's share of the kernels, an evaluation job not done one evaluation capture and its seeds'
+projections, a fine-tuning run not recorded its run; summed over the whole study and over the tables'
+required cells (k = 16 everywhere, k = 64 for the single-sentence tasks).
 """
 
 from __future__ import annotations
@@ -210,7 +216,8 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
     else:
         per_seed = (rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs
                     + rates["directions"] * sum(train))
-    kernels = SEEDS * per_seed + sum(evals) * (rates["capture"] + rates["projection"])
+    evaluation = {"capture": sum(evals) * rates["capture"], "projection": sum(evals) * rates["projection"]}
+    kernels = SEEDS * per_seed + evaluation["capture"] + evaluation["projection"]
     # --kernel-jobs seed: every seed captures the evaluation blocks again (the projections are split, not repeated)
     kernels_seed_jobs = kernels + (SEEDS - 1) * sum(evals) * rates["capture"]
     steps = epochs * math.ceil(work["n_train"] / 8)
@@ -218,7 +225,30 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
                                       + (steps // 50 + 1) * work["n_dev"] * work["dev_tokens_per_example"])
     tuning = {a: steps * rates[f"step_{a}"] * work["batch_tokens"] + evaluations for a in ("full", "lora1", "row1")}
     return {"kernels_s": kernels, "kernels_seed_jobs_s": kernels_seed_jobs, "fine_tuning_run_s": tuning,
-            "task_s": kernels + SEEDS * sum(tuning.values())}
+            "task_s": kernels + SEEDS * sum(tuning.values()), "kernels_per_seed_s": per_seed,
+            "evaluation_s": evaluation}
+
+
+def left_in_study(row: dict, folder: Path) -> dict:
+    """Projected seconds left of the row's task and k in the study results ``folder``, job by job as
+    ``--kernel-jobs split`` runs them: ``{"kernels": ..., "fine_tuning": ...}``."""
+    from ntk_peft.experiments.rocoft_study import StudyConfig, job_done, study_jobs
+
+    config = StudyConfig(tasks=[row["task"]], ks=[row["k"]], results=folder, kernel_jobs="split")
+    pending = [job for job in study_jobs(config) if not job_done(job, config)]
+    fits = sum(job.kind == "fit" for job in pending)
+    unscored = SEEDS - len(_recorded(config, row["task"], row["k"]))  # seeds the evaluation job still scores
+    kernels = fits * row["kernels_per_seed_s"]
+    if any(job.kind == "evaluate" for job in pending):
+        kernels += row["evaluation_s"]["capture"] + row["evaluation_s"]["projection"] * unscored / SEEDS
+    tuning = sum(row["fine_tuning_run_s"][job.adapter] for job in pending if job.kind == "train")
+    return {"kernels": kernels, "fine_tuning": tuning}
+
+
+def _recorded(config, task: str, k: int) -> set[int]:
+    from ntk_peft.experiments.rocoft_study import _recorded_seeds
+
+    return _recorded_seeds(config, task, k)
 
 
 def main() -> None:
@@ -233,6 +263,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--costs", type=Path, default=None,
                         help="take the unit costs from this earlier --json output instead of measuring them")
+    parser.add_argument("--left", type=Path, default=None,
+                        help="a study results folder: add the projected time of the jobs it has not done")
     parser.add_argument("--dev-costs", type=Path, default=None,
                         help="bench_dev_scoring.py --json output: project λ's dev predictions by projections (the "
                              "study's default) instead of dev x train kernels")
@@ -268,6 +300,8 @@ def main() -> None:
                     row["recorded_over_projected"] = row["recorded_kernels_s"] / projected["kernels_s"]
                     row["recorded_over_projected_seed_jobs"] = (row["recorded_kernels_s"]
                                                                 / projected["kernels_seed_jobs_s"])
+            if args.left is not None:
+                row["left_s"] = left_in_study(row, args.left)
             total += projected["task_s"]
             rows.append(row)
             print(f"{task:>6} k={k:<3} kernels {projected['kernels_s'] / 3600:6.2f} h, fine-tuning "
@@ -279,9 +313,18 @@ def main() -> None:
                   + (f"  (recorded with dev predictions by {row['recorded_dev_predictions']}: not compared)"
                      if "recorded_kernels_s" in row and "recorded_over_projected" not in row else ""), flush=True)
     print(f"whole study on {costs['device']}: {total / 3600:.1f} h")
+    left = {}
+    if args.left is not None:
+        required = [r for r in rows if r["k"] == 16 or r["task"] in SINGLE_TASKS]  # the issue's done-when cells
+        for name, part in (("whole study", rows), ("tables' required cells", required)):
+            kernels, tuning = (sum(r["left_s"][key] for r in part) / 3600 for key in ("kernels", "fine_tuning"))
+            left[name] = {"kernels_h": kernels, "fine_tuning_h": tuning, "total_h": kernels + tuning}
+            print(f"left in {args.left} ({name}): {kernels + tuning:.1f} h (kernels {kernels:.1f}, "
+                  f"fine-tuning {tuning:.1f})")
     if args.json:
-        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": mode,
-                                               "rows": rows, "total_h": total / 3600}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": mode, "rows": rows,
+                                               "total_h": total / 3600, **({"left_h": left} if left else {})},
+                                              indent=2) + "\n")
 
 
 if __name__ == "__main__":
