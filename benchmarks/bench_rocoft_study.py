@@ -232,23 +232,17 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
 def left_in_study(row: dict, folder: Path) -> dict:
     """Projected seconds left of the row's task and k in the study results ``folder``, job by job as
     ``--kernel-jobs split`` runs them: ``{"kernels": ..., "fine_tuning": ...}``."""
-    from ntk_peft.experiments.rocoft_study import StudyConfig, job_done, study_jobs
+    from ntk_peft.experiments.rocoft_study import StudyConfig, job_done, recorded_seeds, study_jobs
 
     config = StudyConfig(tasks=[row["task"]], ks=[row["k"]], results=folder, kernel_jobs="split")
     pending = [job for job in study_jobs(config) if not job_done(job, config)]
     fits = sum(job.kind == "fit" for job in pending)
-    unscored = SEEDS - len(_recorded(config, row["task"], row["k"]))  # seeds the evaluation job still scores
+    unscored = SEEDS - len(recorded_seeds(config, row["task"], row["k"]))  # seeds the evaluation job still scores
     kernels = fits * row["kernels_per_seed_s"]
     if any(job.kind == "evaluate" for job in pending):
         kernels += row["evaluation_s"]["capture"] + row["evaluation_s"]["projection"] * unscored / SEEDS
     tuning = sum(row["fine_tuning_run_s"][job.adapter] for job in pending if job.kind == "train")
     return {"kernels": kernels, "fine_tuning": tuning}
-
-
-def _recorded(config, task: str, k: int) -> set[int]:
-    from ntk_peft.experiments.rocoft_study import _recorded_seeds
-
-    return _recorded_seeds(config, task, k)
 
 
 def main() -> None:

@@ -201,7 +201,8 @@ def seed_records(config: StudyConfig, task: str, k: int) -> list[dict]:
     return [r for r in records if _kernels_match(r.get("results"), config, k, (r.get("results") or {}).get("seeds"))]
 
 
-def _recorded_seeds(config: StudyConfig, task: str, k: int) -> set[int]:
+def recorded_seeds(config: StudyConfig, task: str, k: int) -> set[int]:
+    """The seeds the task's waiting records at ``k`` hold (`seed_records`)."""
     return {seed for record in seed_records(config, task, k) for seed in record["results"]["seeds"]}
 
 
@@ -213,7 +214,7 @@ def job_done(job: StudyJob, config: StudyConfig) -> bool:
             return True
         if job.seed is None:  # a task's kernel or evaluation job
             return False
-        if job.seed in _recorded_seeds(config, job.task, job.k):
+        if job.seed in recorded_seeds(config, job.task, job.k):
             return True
         fitted = _read_json(fitted_path(config, job.task, job.k, job.seed)) if job.kind == "fit" else None
         return fitted is not None and _fitted_match(fitted, config, job.k)
@@ -288,7 +289,7 @@ def run_evaluation(job: StudyJob, config: StudyConfig, progress: bool = True) ->
     """A task's evaluation job (``kernel_jobs="split"``): every seed without a record yet, scored in one
     `run_compare` over the fitting jobs' folder (their kernels, λ and kept directions read back, computed
     where missing), so the evaluation set is projected once for all of them; then recorded and combined."""
-    recorded = distributed.broadcast(_recorded_seeds(config, job.task, job.k) if distributed.is_main() else None)
+    recorded = distributed.broadcast(recorded_seeds(config, job.task, job.k) if distributed.is_main() else None)
     seeds = [seed for seed in config.seeds if seed not in recorded]
     if not seeds:
         if distributed.is_main():
