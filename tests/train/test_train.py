@@ -114,3 +114,28 @@ def test_cli_trains_and_reports(tmp_path, capsys):
     code = run_cli(peft.main, ["train", "--task", "sst2", "--adapter", "lora0", "--model", "tiny-llama"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_accuracy_batches_by_length_and_matches_single_example_forwards(tiny_models):
+    from ntk_peft.models import label_logits
+    from ntk_peft.tasks import Example, get_task, make_batch
+
+    model, tokenizer = tiny_models["tiny-llama"]
+    spec = get_task("sst2")
+    short, long = "good", "a long and rambling sentence about a film that was not very good at all, sadly"
+    examples = [Example(f"x:{i}", short if i % 2 else long, None, i % 3 % 2) for i in range(8)]
+    widths = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda _, args: widths.append(args[0].shape))
+    model.train()
+    try:
+        accuracy = train_loop._accuracy(model, tokenizer, spec, examples, batch_size=4)
+    finally:
+        hook.remove()
+    assert model.training  # the caller's mode comes back
+    lengths = [int(make_batch(tokenizer, spec, [e])["attention_mask"].sum()) for e in examples]
+    assert sum(b * t for b, t in widths) == sum(lengths)  # short with short, long with long: no padding
+    model.eval()
+    with torch.no_grad():
+        alone = [int(label_logits(model, make_batch(tokenizer, spec, [e])).argmax()) == e.label for e in examples]
+    assert 0 < sum(alone) < len(examples)  # not a trivial accuracy
+    assert accuracy == sum(alone) / len(examples)
