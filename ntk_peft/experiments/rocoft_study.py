@@ -176,10 +176,16 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _same_kernels(record: dict, config: StudyConfig, k: int) -> bool:
+    """Whether a record (results, or a fitting job's mark) is of the study's model, subsets at ``k`` and
+    evaluation subset."""
+    return (record.get("model") == config.model and record.get("kernel_subsets") == config.subsets(k)
+            and record.get("max_eval") == config.max_eval)
+
+
 def _kernels_match(results: dict | None, config: StudyConfig, k: int, seeds: list[int]) -> bool:
     """Whether ``results`` are the kernels the study asks for at ``k`` over ``seeds``."""
-    return (results is not None and results.get("seeds") == seeds and results.get("model") == config.model
-            and results.get("kernel_subsets") == config.subsets(k) and results.get("max_eval") == config.max_eval)
+    return results is not None and results.get("seeds") == seeds and _same_kernels(results, config, k)
 
 
 def seed_record_path(config: StudyConfig, task: str, k: int, seeds: int | list[int]) -> Path:
@@ -224,8 +230,7 @@ def job_done(job: StudyJob, config: StudyConfig) -> bool:
 
 def _fitted_match(fitted: dict, config: StudyConfig, k: int) -> bool:
     """Whether a fitting job's mark is of the kernels the study asks for at ``k``."""
-    return (fitted.get("model") == config.model and fitted.get("kernel_subsets") == config.subsets(k)
-            and fitted.get("max_eval") == config.max_eval and fitted.get("dev_predictions") == config.dev_predictions)
+    return _same_kernels(fitted, config, k) and fitted.get("dev_predictions") == config.dev_predictions
 
 
 def train_config(job: StudyJob, config: StudyConfig):
