@@ -112,7 +112,7 @@ def _accuracy(model, tokenizer, spec, examples, batch_size: int, desc: str | Non
     logits = predict_logits(model, tokenizer, spec, examples, batch_size, progress=desc is not None, desc=desc or "")
     model.train(was_training)
     labels = torch.tensor([e.label for e in examples])
-    return int((logits.argmax(1) == labels).sum()) / max(1, len(examples))
+    return int((logits.argmax(1) == labels).sum()) / len(examples)
 
 
 def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = True) -> dict:
