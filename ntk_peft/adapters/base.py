@@ -3,7 +3,7 @@
 An `AdaptedLinear` holds the frozen pretrained layer as ``base`` and computes
 ``(W0 + ΔW) x + b + Δb``. Subclasses provide `compute_delta_weight` (the exact ΔW,
 ``[out, in]``), `num_params` (analytic) and, where a cheaper order exists,
-`adapter_forward` (``ΔW x`` without building ΔW). At initialisation ΔW = 0
+`adapter_forward` (``ΔW x`` without building ΔW) and, for a low-rank ΔW, `delta_factors`. At initialisation ΔW = 0
 (LoRMA-π: s·π(BA) = I), so the adapted model equals the pretrained one.
 """
 
@@ -58,6 +58,12 @@ class AdaptedLinear(nn.Module):
     def compute_delta_weight(self) -> torch.Tensor:
         """ΔW from the current parameters and the unmerged W0."""
         raise NotImplementedError
+
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(L [out, r], R [r, in])`` with ΔW = L·R from the current parameters, for adapters whose update
+        has a known low rank r (its spectrum then costs two thin QRs, `factored_singular_values`, not a
+        dense SVD); None where ΔW has no such form."""
+        return None
 
     def delta_bias(self) -> torch.Tensor | None:
         """Δb, ``[out]``, or None when the adapter leaves the bias alone."""

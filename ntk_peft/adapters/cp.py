@@ -208,6 +208,9 @@ class CPAdapter(AdaptedLinear):
     def compute_delta_weight(self) -> torch.Tensor:
         return self._output_factor() @ self._input_factor().T
 
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._output_factor(), self._input_factor().T
+
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         """ΔW·x = K_out·(K_inᵀ·x), never building ΔW."""
         return F.linear(x @ self._input_factor(), self._output_factor())

@@ -31,6 +31,9 @@ class LoRAAdapter(AdaptedLinear):
     def compute_delta_weight(self) -> torch.Tensor:
         return self.scale * (self.B @ self.A)
 
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.scale * self.B, self.A
+
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.linear(self.dropout(x), self.A), self.B)
 

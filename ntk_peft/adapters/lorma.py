@@ -134,6 +134,11 @@ class LoRMAPlusAdapter(_LoRMAAdapter):
             return self.scale * ((w0 @ self.B) @ self.A)
         return self.scale * (self.B @ (self.A @ w0))
 
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """s·(W0·B)·A (post) or s·B·(A·W0) (pre): rank at most r."""
+        w0 = self.base.weight
+        return (self.scale * (w0 @ self.B), self.A) if self.post else (self.scale * self.B, self.A @ w0)
+
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         """ΔW·x: s·B(A(W0 x)) (pre) or s·W0(B(A x)) (post)."""
         w0 = self.base.weight

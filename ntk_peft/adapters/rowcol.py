@@ -66,6 +66,12 @@ class RowAdapter(AdaptedLinear):
         full = self.delta.new_zeros(self.out_features, self.in_features)
         return full.index_copy(0, self.rows, self.delta)
 
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔW = E·delta with E ``[out, r]`` the one-hot columns of the rows R."""
+        picks = self.delta.new_zeros(self.out_features, self.rows.numel())
+        picks[self.rows, torch.arange(self.rows.numel(), device=picks.device)] = 1
+        return picks, self.delta
+
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(*x.shape[:-1], self.out_features)
         return out.index_copy(-1, self.rows, F.linear(x, self.delta))
@@ -92,6 +98,12 @@ class ColAdapter(AdaptedLinear):
     def compute_delta_weight(self) -> torch.Tensor:
         full = self.delta.new_zeros(self.out_features, self.in_features)
         return full.index_copy(1, self.cols, self.delta)
+
+    def delta_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ΔW = delta·Eᵀ with Eᵀ ``[r, in]`` the one-hot rows of the columns S."""
+        picks = self.delta.new_zeros(self.cols.numel(), self.in_features)
+        picks[torch.arange(self.cols.numel(), device=picks.device), self.cols] = 1
+        return self.delta, picks
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.index_select(-1, self.cols), self.delta)

@@ -5,6 +5,7 @@ from ntk_peft.analysis.delta_w import (
     compare_delta_w,
     delta_w_metrics,
     effective_rank_of,
+    factored_singular_values,
     numerical_rank,
     principal_angles,
     singular_values,
@@ -30,6 +31,6 @@ from ntk_peft.analysis.projections import (
 )
 
 __all__ = ["centered_alignment", "cols_project", "compare_delta_w", "cp_params", "cp_project", "delta_w_metrics", "effective_rank", "effective_rank_of",
-           "eigenvalues", "kernel_distance", "lowrank_project", "monarch_block_ranks", "monarch_params",
+           "eigenvalues", "factored_singular_values", "kernel_distance", "lowrank_project", "monarch_block_ranks", "monarch_params",
            "monarch_project", "numerical_rank", "principal_angles", "relative_difference", "rows_project", "singular_values",
            "spectrum_metrics", "working_eps"]

@@ -1,6 +1,8 @@
 """ΔW tracking during training: a callback feeding `ntk_peft.analysis.delta_w_metrics`.
 
-Every N steps, for each adapted layer: ΔW's rank and spectrum metrics, and
+Every N steps, for each adapted layer: ΔW's rank and spectrum metrics (from the
+adapter's factors where ΔW is low-rank by construction: LoRA, rows, columns,
+LoRMA₊, LoRTA), and
 for LoRMA the same for the inflated matrix I(BA). Rows are tidy
 ``(step, layer, metric, value)``, appended to a CSV as they come, so an
 interrupted run keeps what it measured; `summary` gives the last value of
@@ -12,10 +14,17 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ntk_peft.adapters.lorma import LoRMAPiAdapter, LoRMAPlusAdapter, inflated_matrix
-from ntk_peft.analysis import delta_w_metrics, singular_values, spectrum_metrics, working_eps
+from ntk_peft.analysis import (
+    delta_w_metrics,
+    factored_singular_values,
+    singular_values,
+    spectrum_metrics,
+    working_eps,
+)
 
 FIELDS = ("step", "layer", "metric", "value")
 
@@ -48,7 +57,7 @@ class DeltaWTracker:
         for name, delta in deltas.items():
             if self.layers is not None and self.layers not in name:
                 continue
-            sigma = singular_values(delta)  # one SVD per layer serves the metrics and the saved spectrum
+            sigma = self._singular_values(name, delta)  # one spectrum per layer: the metrics and the saved one
             for metric, value in spectrum_metrics(sigma, tuple(delta.shape), working_eps(delta)).items():
                 rows.append({"step": step, "layer": name, "metric": metric, "value": float(value)})
             self.last_sigma[name] = sigma.tolist()
@@ -65,6 +74,17 @@ class DeltaWTracker:
                     writer.writeheader()
                 writer.writerows(rows)
         return rows
+
+    def _singular_values(self, name: str, delta: torch.Tensor) -> np.ndarray:
+        """ΔW's spectrum: from the adapter's low-rank factors where it has them, zeros for ΔW = 0 (every
+        adapter at initialisation, full fine-tuning at step 0), else a dense SVD."""
+        layer = self.handle.layers.get(name)
+        factors = layer.delta_factors() if layer is not None and not layer.merged else None
+        if factors is not None:
+            return factored_singular_values(*factors)
+        if not torch.any(delta):
+            return np.zeros(min(delta.shape))
+        return singular_values(delta)
 
     def summary(self) -> dict:
         """``{"last_step", "layers": {layer: {metric: value}}, "singular_values": {layer: [...]}}``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,7 @@ from torch import nn
 
 from ntk_peft import label_logits, load_model
 from ntk_peft.adapters import ShiftedLinear, apply_adapter, fold_adapter, load_adapter
+from ntk_peft.analysis import factored_singular_values, singular_values
 from ntk_peft.errors import UserError
 from ntk_peft.tasks import load_split, make_batch
 from tests.helpers import dense_monarch
@@ -113,6 +115,29 @@ def test_delta_weights_equal_dense_reconstructions(shape):
             dense = full[:d_out, :d_in]
             assert full.shape == (blocks * -(-d_out // blocks), blocks * -(-d_in // blocks))
         torch.testing.assert_close(layer.delta_weight(), dense, rtol=1e-12, atol=1e-12)
+
+
+FACTORED = ("row2", "col2", "row2:random", "lora2", "cp2", "cp2:transpose", "lorma+2", "lorma+2:post")
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_delta_factors_multiply_to_delta_weight_and_give_its_spectrum(spec):
+    """Adapters with a low-rank ΔW by construction give factors whose product is ΔW and whose thin-QR
+    spectrum is ΔW's dense SVD; the others give none."""
+    model, _ = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    handle = apply_adapter(model, spec, seed=3)
+    _randomise(handle)
+    for layer in handle.layers.values():
+        factors = layer.delta_factors()
+        if spec not in FACTORED:
+            assert factors is None
+            continue
+        left, right = factors
+        delta = layer.delta_weight().detach()
+        assert left.shape[1] == right.shape[0] == 2
+        torch.testing.assert_close(left @ right, delta, rtol=1e-12, atol=1e-14)
+        dense = singular_values(delta)
+        np.testing.assert_allclose(factored_singular_values(left, right), dense, rtol=0, atol=1e-12 * dense[0])
 
 
 def test_more_with_one_block_is_lora_and_reaches_rank_n_r():

@@ -7,7 +7,13 @@ import pytest
 import scipy.linalg
 import torch
 
-from ntk_peft.analysis import compare_delta_w, delta_w_metrics, principal_angles, singular_values
+from ntk_peft.analysis import (
+    compare_delta_w,
+    delta_w_metrics,
+    factored_singular_values,
+    principal_angles,
+    singular_values,
+)
 
 
 def _with_spectrum(m: int, n: int, sigma, seed: int = 0) -> np.ndarray:
@@ -38,6 +44,29 @@ def test_zero_and_rank_one_matrices():
     one = delta_w_metrics(np.outer(np.arange(1.0, 5.0), np.ones(3)))
     assert one["rank_machine"] == 1 and one["effective_rank"] == pytest.approx(1.0)
     assert one["stable_rank"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("m, r, n", [(30, 1, 12), (9, 3, 40), (16, 4, 16), (5, 7, 6), (6, 6, 20)])
+def test_factored_singular_values_are_the_products_dense_svd(m, r, n):
+    """The thin-QR core against a dense SVD of the product, including the zeros past rank r and the
+    r ≥ min(m, n) fallback; float32 factors are multiplied in float64."""
+    rng = np.random.default_rng(m * 100 + r)
+    left, right = rng.standard_normal((m, r)), rng.standard_normal((r, n))
+    dense = scipy.linalg.svdvals(left @ right)
+    sigma = factored_singular_values(left, right)
+    assert sigma.shape == (min(m, n),) and np.all(np.diff(sigma) <= 0)
+    np.testing.assert_allclose(sigma, dense, rtol=0, atol=1e-12 * dense[0])
+    if r < min(m, n):
+        assert np.all(sigma[r:] == 0.0)
+    single = factored_singular_values(torch.from_numpy(left).float(), torch.from_numpy(right).float())
+    exact = scipy.linalg.svdvals(left.astype(np.float32).astype(np.float64) @ right.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(single, exact, rtol=0, atol=1e-12 * exact[0])
+
+
+def test_factored_singular_values_of_a_zero_factor_and_bad_shapes():
+    assert np.array_equal(factored_singular_values(np.zeros((8, 2)), np.ones((2, 5))), np.zeros(5))
+    with pytest.raises(ValueError, match="do not multiply"):
+        factored_singular_values(np.ones((8, 2)), np.ones((3, 5)))
 
 
 def test_principal_angles_zero_for_one_column_space_and_right_angle_for_orthogonal():

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from ntk_peft import load_model
-from ntk_peft.adapters import load_adapter
+from ntk_peft.adapters import apply_adapter, load_adapter
+from ntk_peft.analysis import delta_w_metrics, singular_values
 from ntk_peft.errors import UserError
-from ntk_peft.train import TrainConfig, train
+from ntk_peft.train import TrainConfig, tracking, train
 from ntk_peft.train import loop as train_loop
 
 
@@ -49,9 +51,42 @@ def test_lora_rank_never_above_r_and_outputs_written(tmp_path):
     model, _ = load_model("tiny-llama", seed=5)
     handle = load_adapter(model, out / "adapter")  # the saved adapter reproduces the tracked ΔW
     some_layer = next(iter(summary["singular_values"]))
-    sigma = torch.linalg.svdvals(handle.delta_weights()[some_layer].double())
-    assert torch.allclose(sigma, torch.tensor(summary["singular_values"][some_layer], dtype=torch.float64)[: len(sigma)],
-                          rtol=1e-6, atol=1e-9)
+    layer = handle.layers[some_layer]  # ΔW = s·B·A, multiplied in float64 (the float32 product would add rounding)
+    sigma = torch.linalg.svdvals(layer.scale * layer.B.detach().double() @ layer.A.detach().double())
+    tracked = torch.tensor(summary["singular_values"][some_layer], dtype=torch.float64)
+    assert len(tracked) == len(sigma)
+    torch.testing.assert_close(tracked, sigma, rtol=0, atol=1e-12 * sigma[0].item())
+
+
+@pytest.mark.parametrize("spec", ["lora2", "row1", "col1", "lorma+2", "more2x2", "full"])
+def test_tracked_spectra_are_the_dense_svds_of_delta_w(spec, monkeypatch):
+    """Factored (LoRA, rows, columns, LoRMA₊), zero (at the start) and dense (Monarch, full) spectra all give
+    the metrics and singular values of a dense SVD of ΔW; a dense SVD runs only where ΔW ≠ 0 has no factors."""
+    model, _ = load_model("tiny-llama", dtype=torch.float64, seed=1)
+    handle = apply_adapter(model, spec, seed=3)
+    tracker = tracking.DeltaWTracker(handle, None)
+    dense_svds = []
+    monkeypatch.setattr(tracking, "singular_values", lambda m: dense_svds.append(m) or singular_values(m))
+    at_start = tracker.measure(0)
+    assert at_start and all(row["value"] == 0.0 for row in at_start if not row["metric"].startswith("inflated_"))
+    assert not dense_svds
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    rows = tracker.measure(1)
+    deltas = handle.delta_weights()
+    assert len(dense_svds) == (len(deltas) if spec in ("more2x2", "full") else 0)
+    assert {row["layer"] for row in rows} == set(deltas)
+    for name, delta in deltas.items():
+        expected = delta_w_metrics(delta)
+        measured = {row["metric"]: row["value"] for row in rows if row["layer"] == name}
+        assert {m: measured[m] for m in ("rank_machine", "rank_relative")} == {
+            m: expected[m] for m in ("rank_machine", "rank_relative")}
+        for metric in ("effective_rank", "stable_rank", "frobenius", "sigma_max"):
+            assert measured[metric] == pytest.approx(expected[metric], rel=1e-10), metric
+        dense = singular_values(delta)
+        np.testing.assert_allclose(tracker.last_sigma[name], dense, rtol=0, atol=1e-12 * dense[0])
 
 
 def test_lormapi_inflated_matrix_is_full_rank_at_initialisation(tmp_path):
