@@ -3,8 +3,9 @@
 An `AdaptedLinear` holds the frozen pretrained layer as ``base`` and computes
 ``(W0 + ΔW) x + b + Δb``. Subclasses provide `compute_delta_weight` (the exact ΔW,
 ``[out, in]``), `num_params` (analytic) and, where a cheaper order exists,
-`adapter_forward` (``ΔW x`` without building ΔW) and, for a low-rank ΔW, `delta_factors`. At initialisation ΔW = 0
-(LoRMA-π: s·π(BA) = I), so the adapted model equals the pretrained one.
+`adapter_forward` (``ΔW x`` without building ΔW) and, for a low-rank ΔW,
+`delta_factors`. At initialisation ΔW = 0 (LoRMA-π: s·π(BA) = I), so the
+adapted model equals the pretrained one.
 """
 
 from __future__ import annotations
