@@ -20,20 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import time
 
 import torch
-
-
-def _timed(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def measure(subsets: list[str], repeats: int) -> dict:
@@ -59,9 +49,9 @@ def measure(subsets: list[str], repeats: int) -> dict:
         for spec in subsets:
             sub = subset_params(model, parse_spec(spec))
             row = {"subset": spec, "parameters": sub.size}
-            row["ntk_labels_s"] = _timed(lambda: fast_kernel(model, sub, left, right), repeats)
+            row["ntk_labels_s"] = median_seconds(lambda: fast_kernel(model, sub, left, right), repeats)
             for kernel in KernelType:
-                row[f"{kernel.value}_s"] = _timed(lambda k=kernel: fast_kernel(
+                row[f"{kernel.value}_s"] = median_seconds(lambda k=kernel: fast_kernel(
                     model, sub, left_d, right_d, kernel=k, with_flip=not k.symmetric), repeats)
                 row[f"{kernel.value}_ratio"] = row[f"{kernel.value}_s"] / row["ntk_labels_s"]
             row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

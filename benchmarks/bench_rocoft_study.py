@@ -47,28 +47,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 SEEDS = 5
-
-
-def _timed(function, repeats: int) -> float:
-    function()  # warm-up
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def padded(batch: dict) -> int:
@@ -104,7 +89,7 @@ def unit_costs(repeats: int) -> dict:
         groups = {"table": TABLE_SUBSETS, "ablation": ABLATION_SUBSETS}
         left = to_device(make_batch(tok, spec, split.train[:16]), model)
         right = to_device(make_batch(tok, spec, split.eval[:16]), model)
-        by_classes.setdefault("capture", {})[classes] = _timed(lambda: capture(model, right), repeats) / padded(right)
+        by_classes.setdefault("capture", {})[classes] = median_seconds(lambda: capture(model, right), repeats) / padded(right)
         cap_l, cap_r = capture(model, left), capture(model, right)
         train = [to_device(make_batch(tok, spec, split.train[i:i + 16]), model) for i in range(0, len(split.train), 16)]
         weights = torch.randn(len(split.train), len(spec.labels), 1, generator=torch.Generator().manual_seed(0))
@@ -112,19 +97,19 @@ def unit_costs(repeats: int) -> dict:
         for group, group_names in groups.items():
             subsets = [subset_params(model, s, seed=0, calibration=calibration) for s in parse_subsets(group_names)]
             with torch.no_grad():
-                pair_s = _timed(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
+                pair_s = median_seconds(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
             by_classes.setdefault(f"pair_{group}", {})[classes] = pair_s / (padded(left) * padded(right))
             directions = [subset_directions(s, train, weights) for s in subsets]
             rates.setdefault(f"directions_{group}", []).append(
-                _timed(lambda: [subset_directions(s, train, weights) for s in subsets], 1)
+                median_seconds(lambda: [subset_directions(s, train, weights) for s in subsets], 1)
                 / sum(padded(b) for b in train))
             seeds = [{k: v.repeat(SEEDS, *([1] * (v.dim() - 1))) for k, v in d.items()} for d in directions]
             with torch.no_grad():
-                by_classes.setdefault(f"projection_{group}", {})[classes] = _timed(
+                by_classes.setdefault(f"projection_{group}", {})[classes] = median_seconds(
                     lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats) \
                     / padded(right)
         with torch.no_grad():
-            rates.setdefault("forward", []).append(_timed(lambda: label_logits(model, right), repeats) / padded(right))
+            rates.setdefault("forward", []).append(median_seconds(lambda: label_logits(model, right), repeats) / padded(right))
         batch = to_device(make_batch(tok, spec, split.train[:8]), model)
         for adapter in ("full", "lora1", "row1"):
             rates.setdefault(f"step_{adapter}", []).append(_step_seconds(adapter, batch, device, repeats)
@@ -153,7 +138,7 @@ def _step_seconds(adapter: str, batch: dict, device: torch.device, repeats: int)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return _timed(step, repeats)
+    return median_seconds(step, repeats)
 
 
 def workload(tok, task: str, k: int, max_eval: int | None = 1000) -> dict:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import numpy as np
 import torch
+from timing import median_seconds
 
 from ntk_peft.adapters import apply_adapter
 from ntk_peft.analysis import singular_values, spectrum_metrics, working_eps
@@ -41,15 +40,6 @@ def dense_measure(handle) -> dict[str, np.ndarray]:
     return out
 
 
-def timed(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure_adapter(model_name: str, name: str, repeats: int) -> dict:
     spec, _, at = name.partition("@")
     model, _ = load_model(model_name, seed=0)
@@ -60,8 +50,8 @@ def measure_adapter(model_name: str, name: str, repeats: int) -> dict:
             for p in handle.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     tracker = DeltaWTracker(handle, None)
-    dense_s = timed(lambda: dense_measure(handle), repeats)
-    tracked_s = timed(lambda: tracker.measure(0), repeats)
+    dense_s = median_seconds(lambda: dense_measure(handle), repeats, warmup=False)
+    tracked_s = median_seconds(lambda: tracker.measure(0), repeats, warmup=False)
     dense = dense_measure(handle)
     worst = max(float(np.max(np.abs(np.asarray(tracker.last_sigma[n]) - s)) / s[0]) if s[0] > 0 else 0.0
                 for n, s in dense.items())
