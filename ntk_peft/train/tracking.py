@@ -2,8 +2,7 @@
 
 Every N steps, for each adapted layer: ΔW's rank and spectrum metrics (from the
 adapter's factors where ΔW is low-rank by construction: LoRA, rows, columns,
-LoRMA₊, LoRTA), and
-for LoRMA the same for the inflated matrix I(BA). Rows are tidy
+LoRMA₊, LoRTA), and for LoRMA the same for the inflated matrix I(BA). Rows are tidy
 ``(step, layer, metric, value)``, appended to a CSV as they come, so an
 interrupted run keeps what it measured; `summary` gives the last value of
 every metric per layer and the singular values at the end.
