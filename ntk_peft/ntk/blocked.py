@@ -7,6 +7,13 @@ ranks, written atomically), so an interrupted run resumes and gives
 bitwise-identical kernels, and P ranks give the kernels of one process.
 Each call records what its kernel is of in the store (`kernel_identity`) and
 refuses a store whose kernel of that name was computed otherwise.
+
+Recording a block (one forward and C backward passes) costs about as much as
+one block pair's kernels, and a block's capture is large (~1.7 GB for 16 SST-5
+prompts on SmolLM2-135M), so the pairs go in panels: a panel of left blocks is
+held while the right blocks pass once (`panel_width`). With B blocks and W
+held, a symmetric kernel records about B/2 + B²/(2W) blocks instead of one per
+pair.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ntk_peft.ntk import distributed
 from ntk_peft.ntk.capture import Capture, capture
 from ntk_peft.ntk.contract import dense_kernel
 from ntk_peft.ntk.fast import fast_kernel
@@ -27,9 +35,9 @@ from ntk_peft.ntk.reference import reference_jacobian
 from ntk_peft.ntk.schedule import Block, run_blocks
 from ntk_peft.ntk.store import KernelStore, MemoryStore, batches_hash, model_hash, tensor_hash
 from ntk_peft.ntk.subsets import SubsetParams, parse_subsets, subset_params
-from ntk_peft.tasks.batch import to_device
+from ntk_peft.tasks.batch import slice_batch, to_device
 
-# Recorded captures kept for reuse within one `kernel_blocks` call (each is ~1.1 GB for 16 SmolLM2-135M prompts).
+# Memory for recorded blocks held beyond the two a block pair uses (see `panel_width`).
 DEFAULT_CACHE_BYTES = 4 << 30
 KERNEL_TYPE = "ntk"
 FLIP = "~"  # suffix of an asymmetric kernel's flipped part in a block: ⟨T₂(g(x)), T₁(g(x'))⟩
@@ -38,12 +46,15 @@ FLIP = "~"  # suffix of an asymmetric kernel's flipped part in a block: ⟨T₂(
 class CaptureCache:
     """Recorded blocks kept for reuse, first come first kept, up to ``budget`` bytes.
 
-    ``record(key, make, slot)`` returns a kept value or calls ``make()``. A new
-    value is kept if it fits in what is left of the budget; kept values are
-    never evicted (blocks are visited in cycles, where least-recently-used
-    eviction would miss every time). A value that does not fit is held in
-    ``slot`` (one value per slot name) until the next value for that slot, so
-    a right-hand block is recorded once for all the pairs of its group.
+    ``record(key, make, slot)`` returns a kept value, or a value held in any
+    slot (then held in ``slot`` too, so that it outlives the other slot's next
+    value), or calls ``make()``. A new value is kept if it fits in what is left
+    of the budget; kept values are never evicted (blocks are visited in cycles,
+    where least-recently-used eviction would miss every time). A value that
+    does not fit is held in ``slot`` (one value per slot name) until the next
+    value for that slot, so a right-hand block is recorded once for all the
+    pairs of its group. With no budget, only the slots hold values: a kernel
+    job's panel of left blocks, one slot each, and its right block.
     """
 
     def __init__(self, budget: int = DEFAULT_CACHE_BYTES):
@@ -59,6 +70,11 @@ class CaptureCache:
         if held is not None and held[0] == key:
             return held[1]
         self.slots.pop(slot, None)  # free the held value before making the next
+        elsewhere = next((value for other, value in self.slots.values() if other == key), None)
+        if elsewhere is not None:
+            if slot is not None:
+                self.slots[slot] = (key, elsewhere)
+            return elsewhere
         value = make()
         size = _nbytes(value)
         if self.bytes + size <= self.budget:
@@ -168,8 +184,8 @@ class KernelJob:
 
     `kernel_blocks` runs one job; `run_kernel_jobs` runs several in one scheduler pass (e.g. the
     train and dev kernels of every seed), so that many ranks have enough blocks to share, and jobs
-    that read the same prompt blocks (a seed's train blocks, in its train and dev kernels) share one
-    capture cache. Arguments as `kernel_blocks`.
+    that read the same left blocks (a seed's train blocks, in its train and dev kernels) share their
+    panels: each panel's left blocks are recorded once for both. Arguments as `kernel_blocks`.
     """
 
     def __init__(self, model: nn.Module, batches1: list[dict], batches2: list[dict] | None = None,
@@ -190,28 +206,40 @@ class KernelJob:
         self.name = name
         self.store.claim(name, kernel_identity(model, self.resolved, batches1, batches2, self.implementation,
                                                targets, seed, self.kernel.value, output, outputs))
-        self.cache = CaptureCache(DEFAULT_CACHE_BYTES)
+        self.cache = CaptureCache(0)
+        self.width = len(batches1)  # left blocks per panel (set by `run_kernel_jobs`)
         self.kernels = BlockKernels(model, self.names, self.resolved, self.implementation, self.kernel, output,
                                     linear_method)
 
     def blocks(self, tag=0) -> list[Block]:
-        """Every block pair; pairs that share a right-hand block form a group (its capture is recorded once).
-        ``tag`` tells groups of different jobs apart (the same on every rank)."""
-        return [Block(self.store, self.name, i, j, tokens(self.left[i]) * tokens(self.right[j]), group=(tag, j),
-                      keys=self.kernels.keys)
+        """Every block pair, in panels: the pairs of ``width`` consecutive left blocks form a group,
+        ordered by right block, so a panel's left captures are held while each right block is
+        recorded once. ``tag`` tells the panels of different left-block lists apart (the same on
+        every rank); jobs with the same left blocks and tag share their panels."""
+        return [Block(self.store, self.name, i, j, tokens(self.left[i]) * tokens(self.right[j]),
+                      group=(tag, i // self.width), keys=self.kernels.keys)
                 for j in range(len(self.right)) for i in range(len(self.left)) if not self.symmetric or i <= j]
+
+    def panel_key(self) -> tuple:
+        """Jobs with equal keys record the same left captures (and may share panels)."""
+        if self.implementation is NtkImplementation.FAST:
+            return id(self.left), id(self.outputs), id(self.model)
+        return (id(self),)  # reference Jacobians depend on the job's subsets
 
     def _features(self, side: int, index: int):
         batch = (self.left if side == 0 or self.symmetric else self.right)[index]
-        slot = "right" if side == 1 else "left"
-        on_device = to_device(batch, self.model)
+        slot = "right" if side == 1 else ("left", index % self.width)
         if self.implementation is NtkImplementation.FAST:  # a capture depends on the model, prompts and f only
-            return self.cache.record((id(batch), id(self.outputs)), lambda: self._capture(on_device), slot)
-        return self.cache.record((id(self), id(batch)), lambda: [reference_jacobian(sub, on_device, outputs=self.outputs)
-                                                                 for sub in self.resolved], slot)
+            return self.cache.record((id(batch), id(self.outputs)), lambda: self.record(batch), slot)
+        return self.cache.record((id(self), id(batch)), lambda: self.record(batch), slot)
 
-    def _capture(self, batch: dict):
-        return capture(self.model, batch) if self.outputs is None else capture(self.model, batch, outputs=self.outputs)
+    def record(self, batch: dict):
+        """What a block pair reads of one block: its capture (fast) or its reference Jacobians per subset."""
+        on_device = to_device(batch, self.model)
+        if self.implementation is NtkImplementation.FAST:
+            return (capture(self.model, on_device) if self.outputs is None
+                    else capture(self.model, on_device, outputs=self.outputs))
+        return [reference_jacobian(sub, on_device, outputs=self.outputs) for sub in self.resolved]
 
     def compute(self, block: Block) -> dict[str, torch.Tensor]:
         return self.kernels.compute(self._features(0, block.i), self._features(1, block.j))
@@ -224,15 +252,61 @@ class KernelJob:
         return {key: _assemble(results, key, self.left, self.right, self.symmetric) for key in self.kernels.keys}
 
 
+def panel_width(blocks: int, capture_bytes: float, budget: int, ranks: int = 1) -> int:
+    """Left blocks held per panel: 1 + ``budget`` // ``capture_bytes`` (the largest block's capture),
+    at most ``blocks``; with several ranks at most blocks // (2·ranks), so every rank has panels to take.
+
+    A panel holds its width in left captures and one right capture at a time: at most ``budget`` plus
+    two captures.
+    """
+    width = blocks if capture_bytes <= 0 else 1 + int(budget // capture_bytes)
+    if ranks > 1:
+        width = min(width, max(1, blocks // (2 * ranks)))
+    return max(1, min(blocks, width))
+
+
+def _panel_widths(jobs: list[KernelJob], tags: list[int], budget: int) -> list[int]:
+    """Each tag's panel width, decided on rank 0 and broadcast. A capture's memory grows with the real
+    tokens it holds (with the examples, for reference Jacobians): one prompt of the tag's first left
+    block is recorded, and scaled to the largest block. A tag with one left block, or with every pair
+    stored already, takes the whole list as one panel."""
+    widths = None
+    if distributed.is_main():
+        widths = []
+        for tag in range(max(tags, default=-1) + 1):
+            members = [job for job, t in zip(jobs, tags) if t == tag]
+            first = members[0]
+            missing = any(not b.store.has(*b.key) for job in members for b in job.blocks(tag))
+            if len(first.left) <= 1 or not missing:
+                widths.append(len(first.left))
+                continue
+            size = batch_size if first.implementation is NtkImplementation.REFERENCE else tokens
+            one = slice_batch(first.left[0], [0])
+            per_unit = _nbytes(first.record(one)) / max(1, size(one))
+            largest = max(size(b) for job in members for b in (*job.left, *job.right))
+            widths.append(panel_width(len(first.left), per_unit * largest, budget, distributed.world_size()))
+    return distributed.broadcast(widths)
+
+
 def run_kernel_jobs(jobs: list[KernelJob], *, progress: bool = True, desc: str = "eNTK blocks",
                     cache_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-    """Compute every missing block of several kernels in one `run_blocks` pass (one capture cache of
-    ``cache_bytes`` for all of them); read the kernels back with `KernelJob.result`."""
-    cache = CaptureCache(cache_bytes)
+    """Compute every missing block of several kernels in one `run_blocks` pass; read the kernels back
+    with `KernelJob.result`.
+
+    Jobs with the same left blocks share panels (`KernelJob.blocks`); a panel is 1 + ``cache_bytes`` //
+    (the largest capture) left blocks wide (`panel_width`), so about ``cache_bytes`` plus two captures
+    are held at a time.
+    """
+    cache = CaptureCache(0)  # slots only: a panel's left blocks and the right block in use
+    keys: dict[tuple, int] = {}
+    tags = [keys.setdefault(job.panel_key(), len(keys)) for job in jobs]
+    for job in jobs:
+        job.cache = cache
+    widths = _panel_widths(jobs, tags, cache_bytes)
     owners: dict[int, KernelJob] = {}
     todo = []
-    for tag, job in enumerate(jobs):
-        job.cache = cache
+    for tag, job in zip(tags, jobs):
+        job.width = widths[tag]
         for block in job.blocks(tag):
             owners[id(block)] = job
             todo.append(block)
@@ -264,7 +338,8 @@ def kernel_blocks(model: nn.Module, batches1: list[dict], batches2: list[dict] |
             the kernel's identity is recorded there under ``name``.
         name: this kernel's name in the store (``train``, ``eval`` ...).
         progress: tqdm bar on stderr (blocks done, time left).
-        cache_bytes: memory for recorded blocks kept between pairs.
+        cache_bytes: memory for recorded blocks held beyond the two a pair uses: panels of
+            1 + cache_bytes // (the largest block's capture) left blocks (`panel_width`).
 
     Returns:
         subset -> ``[N1, N2, O, O]`` float64 assembled from the blocks (``<subset>~`` too for an

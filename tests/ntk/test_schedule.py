@@ -24,6 +24,7 @@ from ntk_peft.ntk import (
     subset_params,
 )
 from ntk_peft.ntk.implementations import NtkImplementation
+from ntk_peft.tasks import load_split, make_batch, slice_batch
 
 SUBSETS = ("full", "row1", "lora1")
 
@@ -206,7 +207,9 @@ def test_kernel_jobs_in_one_pass_equal_separate_calls_and_share_captures(setup, 
     jobs = [KernelJob(model, train, None, SUBSETS, store=store, name="train"),
             KernelJob(model, train, dev, SUBSETS, store=store, name="dev")]
     run_kernel_jobs(jobs, progress=False)
-    assert len(recorded) == 3  # two train blocks and one dev block, each once
+    sizing, *blocks_recorded = recorded  # one prompt sizes the panels, then every block once
+    assert blocked.batch_size(sizing) == 1
+    assert sorted(map(id, blocks_recorded)) == sorted(map(id, [*train, *dev]))
     for job in jobs:
         for key, value in job.result().items():
             assert torch.equal(value, separate[job.name][key])
@@ -218,3 +221,68 @@ def test_store_refuses_a_run_of_another_k_or_other_train_and_dev_prompts(tmp_pat
         KernelStore(tmp_path, {"k": 64, "train_dev_inputs_hash": "a"})
     with pytest.raises(UserError, match=r"\(train_dev_inputs_hash differ\)"):
         KernelStore(tmp_path, {"k": 16, "train_dev_inputs_hash": "b"})
+
+
+def test_capture_cache_finds_a_value_held_in_another_slot_and_holds_it_there_too():
+    made = []
+    cache = blocked.CaptureCache(budget=0)
+    get = lambda key, slot: cache.record(key, lambda: made.append(key) or [torch.zeros(1)], slot)  # noqa: E731
+    first = get("a", "right")
+    assert get("a", ("left", 1)) is first and made == ["a"]  # found in the right slot, not made again
+    get("b", "right")  # the right slot moves on; the left slot still holds "a"
+    assert get("a", ("left", 1)) is first and made == ["a", "b"]
+
+
+def test_panel_width_is_one_plus_the_captures_that_fit_the_budget_within_the_blocks_and_ranks():
+    gib = 1 << 30
+    assert blocked.panel_width(20, 1.7e9, 4 * gib) == 3  # two fit the budget, one more held
+    assert blocked.panel_width(20, 8 * gib, 4 * gib) == 1  # none fit: one left block at a time
+    assert blocked.panel_width(5, 0.1 * gib, 4 * gib) == 5  # everything fits: one panel
+    assert blocked.panel_width(20, 0.1 * gib, 4 * gib, ranks=2) == 5  # every rank gets panels to take
+    assert blocked.panel_width(3, 0.1 * gib, 4 * gib, ranks=4) == 1
+
+
+@pytest.fixture(scope="module")
+def six_blocks():
+    """tiny-llama (float64, seed 4), six SST-2 train blocks of 2 prompts and two dev blocks, and the
+    reference-implementation (autograd Jacobian) train and dev kernels."""
+    model, tok = load_model("tiny-llama", dtype=torch.float64, seed=4)
+    examples = load_split("sst2").train
+    train = [make_batch(tok, "sst2", examples[i:i + 2]) for i in range(0, 12, 2)]
+    dev = [make_batch(tok, "sst2", examples[i:i + 2]) for i in range(20, 24, 2)]
+    reference = {"train": kernel_blocks(model, train, None, SUBSETS, "reference", progress=False),
+                 "dev": kernel_blocks(model, train, dev, SUBSETS, "reference", progress=False)}
+    return model, train, dev, reference
+
+
+@pytest.mark.parametrize("width", [6, 2, 1])
+def test_panels_record_each_left_block_once_per_panel_and_give_the_reference_kernels(six_blocks, width,
+                                                                                     monkeypatch):
+    """Train and dev kernels sharing panels: after one prompt recorded to size the panels, a panel
+    records its left blocks, each train block past it and each dev block once, holding at most
+    width + 1 captures; the kernels are the autograd reference's, whatever the width."""
+    from ntk_peft.ntk import KernelJob, run_kernel_jobs
+
+    model, train, dev, reference = six_blocks
+    largest = max(blocked.tokens(b) for b in [*train, *dev])
+    prompt = slice_batch(train[0], [0])  # `run_kernel_jobs` sizes a capture from one prompt's
+    one = blocked.capture(model, prompt).nbytes / blocked.tokens(prompt) * largest
+    budget = 8 << 30 if width == len(train) else int(one * (width - 0.5))  # room for width - 1 beyond the two in use
+    jobs = [KernelJob(model, train, None, SUBSETS, name="train"), KernelJob(model, train, dev, SUBSETS, name="dev")]
+    recorded, most_held = [], []
+    original = blocked.capture
+
+    def counting(m, batch):
+        most_held.append(len({id(value) for _, value in jobs[0].cache.slots.values()}) + 1)
+        recorded.append(batch)
+        return original(m, batch)
+
+    monkeypatch.setattr(blocked, "capture", counting)
+    run_kernel_jobs(jobs, progress=False, cache_bytes=budget)
+    assert [job.width for job in jobs] == [width, width]
+    past = [max(0, len(train) - start - width) for start in range(0, len(train), width)]
+    assert recorded[0] is not train[0] and len(recorded) == 1 + len(train) + sum(past) + len(dev) * len(past)
+    assert max(most_held) <= width + 1
+    for job in jobs:
+        for key, value in job.result().items():
+            torch.testing.assert_close(value, reference[job.name][key], rtol=1e-10, atol=1e-12)
