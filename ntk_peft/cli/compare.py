@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ntk_peft.cli.common import Parser, add_custom_task_options, positive_int, run_cli
+from ntk_peft.cli.common import Parser, add_custom_task_options, positive_float, positive_int, run_cli
 
 
 def seed_list(text: str) -> list[int]:
@@ -33,16 +33,6 @@ def seed_list(text: str) -> list[int]:
     if not seeds:
         raise argparse.ArgumentTypeError("no seeds given")
     return seeds
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_parser() -> Parser:
@@ -78,6 +68,9 @@ def build_parser() -> Parser:
     parser.add_argument("--max-eval", type=positive_int, default=None,
                         help="score a random subset (seed 0) of the evaluation set, for a quick run")
     parser.add_argument("--block-size", type=positive_int, default=16, help="examples per kernel block")
+    parser.add_argument("--capture-gib", type=positive_float, default=4.0,
+                        help="memory for recorded blocks held beyond the two in use, GiB (default 4): more "
+                             "records each train block fewer times, same kernels")
     parser.add_argument("--implementation", choices=("fast", "reference"), default="fast")
     parser.add_argument("--out", default=None, help="results folder (default runs/ntk-compare/<task>-<model>-k<k>)")
     parser.add_argument("--data-dir", default=None)
@@ -127,7 +120,7 @@ def _compare(args: argparse.Namespace) -> int:
                           block_size=args.block_size, lam=args.lam, offset=args.offset,
                           implementation=args.implementation, adapter_checkpoint=args.adapter_checkpoint,
                           eval_kernels=args.eval_kernels, kernels=args.kernel or ["ntk"],
-                          dev_predictions=args.dev_predictions)
+                          dev_predictions=args.dev_predictions, capture_memory=int(args.capture_gib * (1 << 30)))
     if not distributed.is_main():  # rank 0 draws and prints
         return 0
     out = Path(args.out) if args.out else default_out(results["task"], args.model, args.k, args.adapter_checkpoint)

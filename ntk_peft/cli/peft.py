@@ -37,6 +37,7 @@ from ntk_peft.cli.common import (
     add_model_options,
     add_prompt_options,
     parse_label_words,
+    positive_float,
     positive_int,
     resolve_task,
     run_cli,
@@ -156,6 +157,9 @@ def build_parser() -> Parser:
                         help="how lambda selection predicts the dev split: projections onto one direction per grid "
                              "lambda (default; no dev x train kernels) or the dev x train kernels (the study's "
                              "first tasks, SST-2 to MPQA at k = 16)")
+    rocoft.add_argument("--capture-gib", type=positive_float, default=4.0,
+                        help="memory for recorded blocks held beyond the two in use, GiB (default 4): more "
+                             "records each train block fewer times, same kernels")
     what = rocoft.add_mutually_exclusive_group()
     what.add_argument("--status", action="store_true", help="list the queue and what is done; run nothing")
     what.add_argument("--report", action="store_true",
@@ -372,7 +376,8 @@ def _study(args) -> int:
                          seeds=args.seeds or list(DEFAULT_SEEDS), fine_tune=parse_fine_tune(args.fine_tune),
                          ablation=not args.no_ablation, model=args.model, max_eval=args.max_eval or None,
                          epochs=args.epochs, runs=Path(args.runs), results=Path(args.results), data_dir=args.data_dir,
-                         kernel_jobs=args.kernel_jobs, dev_predictions=args.dev_predictions)
+                         kernel_jobs=args.kernel_jobs, dev_predictions=args.dev_predictions,
+                         capture_memory=int(args.capture_gib * (1 << 30)))
     if min(config.ks) < 1:
         raise UserError(f"--k takes positive integers, got {args.k}")
     check_output_dir(config.results)

@@ -45,6 +45,7 @@ from ntk_peft.ntk import (
     run_kernel_jobs,
     shared_cross_blocks,
 )
+from ntk_peft.ntk.blocked import DEFAULT_CACHE_BYTES
 from ntk_peft.ntk.kernel_types import KernelType
 from ntk_peft.solvers import kernel_scale, make_solver, predict_logits, select_lambda
 from ntk_peft.tasks import get_task, load_split, make_batch
@@ -373,7 +374,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                 offset: bool = True, implementation: str = "fast", progress: bool = True,
                 prompt: dict | None = None, adapter_checkpoint: str | Path | None = None,
                 eval_kernels: bool = False, kernels=("ntk",), calibration_seed: int | None = None,
-                dev_predictions: str = "kernels", evaluate: bool = True) -> dict:
+                dev_predictions: str = "kernels", evaluate: bool = True,
+                capture_memory: int = DEFAULT_CACHE_BYTES) -> dict:
     """The whole study over seeds; writes ``results.json`` in ``out``.
 
     ``seeds`` defaults to 13, 21, 42, 87, 100, or at a checkpoint to the seed it was trained with.
@@ -390,6 +392,9 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     ``dev_predictions``: how λ selection predicts the dev split: from dev×train kernels (``kernels``) or
     from projections onto one direction per grid λ (``projections``, the NTK only: no dev kernels, the
     cheaper way when the splits or the classes are many; `ntk_peft.experiments.dev_projections`).
+    ``capture_memory``: bytes of recorded blocks held beyond the two a block pair uses (`run_kernel_jobs`'
+    ``cache_bytes``): more holds wider panels of train blocks, each recorded fewer times; the kernels are
+    the same.
     ``evaluate=False``: stop after the fits (kernels, λ and, by projections, the chosen directions are kept
     in the seed stores) and write nothing; returns ``{"task", "model", "k", "seeds", "fitted": per-seed
     entries without accuracies}``. A later call over the same ``out`` reads them back and scores the
@@ -445,7 +450,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                              **plan_options)
             kernels_0[seed] = kernel_blocks(model, plan.batches["train"], None, kernel_names, implementation,
                                             store=plan.store, name="train", progress=progress,
-                                            calibration=plan.calibration)
+                                            calibration=plan.calibration, cache_bytes=capture_memory)
         model = fold_adapter(model, checkpoint.adapter_folder).to(distributed.device())
     plans = [plan_seed(model, tokenizer, model_name, spec.name, kernel_names, k, seed, out, **plan_options)
              for seed in seeds]
@@ -458,7 +463,7 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
                      for kernel in kernel_types for p in plans
                      for name, other in (("train", None), ("dev", p.batches["dev"]))
                      if other is None or dev_kernels], progress=progress,
-                    desc="kernel train and dev blocks")
+                    desc="kernel train and dev blocks", cache_bytes=capture_memory)
     timing = {"train_dev_blocks_wall": time.perf_counter() - kernels_started}
     shared_f0: dict = {}
     fits = [fit_seed(model, tokenizer, spec.name, kernel_names, plan, solver=solver, lam=lam, offset=offset,

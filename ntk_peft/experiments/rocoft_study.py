@@ -56,6 +56,7 @@ from ntk_peft.experiments.dev_projections import DEV_PREDICTIONS
 from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS
 from ntk_peft.io import write_json
 from ntk_peft.ntk import distributed
+from ntk_peft.ntk.blocked import DEFAULT_CACHE_BYTES
 
 TABLE_SUBSETS = ("full", "row1", "col1", "lora1")
 ABLATION_SUBSETS = ("row1:random", "row1:wanda-max", "col1:random", "col1:wanda-max")
@@ -111,6 +112,7 @@ class StudyConfig:
     kernel_jobs: str = "task"  # "task": one kernel job per task and k (all seeds); "seed": one per seed;
     # "split": one fitting job per seed, then one evaluation job for the task
     dev_predictions: str = "projections"  # λ selection's dev predictions (`run_compare`): "projections" or "kernels"
+    capture_memory: int = DEFAULT_CACHE_BYTES  # bytes of recorded blocks held beyond a pair's two (same kernels)
 
     def __post_init__(self):
         if self.kernel_jobs not in KERNEL_JOBS:
@@ -260,7 +262,8 @@ def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> No
     results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model,
                           seeds=config.seeds if job.seed is None else [job.seed], calibration_seed=config.seeds[0],
                           max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
-                          progress=progress, dev_predictions=config.dev_predictions, evaluate=job.kind != "fit")
+                          progress=progress, dev_predictions=config.dev_predictions, evaluate=job.kind != "fit",
+                          capture_memory=config.capture_memory)
     if not distributed.is_main():
         return
     folder = config.results / job.folder
@@ -304,7 +307,7 @@ def run_evaluation(job: StudyJob, config: StudyConfig, progress: bool = True) ->
     results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model, seeds=seeds,
                           calibration_seed=config.seeds[0], max_eval=config.max_eval, out=out,
                           data_dir=config.data_dir, block_size=config.block_size, progress=progress,
-                          dev_predictions=config.dev_predictions)
+                          dev_predictions=config.dev_predictions, capture_memory=config.capture_memory)
     if distributed.is_main():
         _record_seeds(config, job, out, results)
 

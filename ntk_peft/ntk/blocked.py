@@ -9,8 +9,8 @@ Each call records what its kernel is of in the store (`kernel_identity`) and
 refuses a store whose kernel of that name was computed otherwise.
 
 Recording a block (one forward and C backward passes) costs about as much as
-one block pair's kernels, and a block's capture is large (~1.7 GB for 16 SST-5
-prompts on SmolLM2-135M), so the pairs go in panels: a panel of left blocks is
+one block pair's kernels, and a block's capture is large (2.0-2.4 GB for 16
+SST-5 prompts on SmolLM2-135M), so the pairs go in panels: a panel of left blocks is
 held while the right blocks pass once (`panel_width`). With B blocks and W
 held, a symmetric kernel records about B/2 + B²/(2W) blocks instead of one per
 pair.

@@ -323,3 +323,31 @@ def test_under_torchrun_two_ranks_give_the_records_of_one_process(tmp_path):
                                        [{k: v for k, v in r.items() if k != "timing_s"} for r in results["per_seed"]],
                                        tuning)
     assert records[2, "task"] == records[1, "task"] == records[2, "seed"] == records[2, "split"]
+
+
+def test_capture_memory_reaches_the_kernel_pass_and_bad_values_are_refused(tmp_path, capsys, monkeypatch):
+    """``--capture-gib`` (study and ntk-compare) becomes `run_kernel_jobs`' ``cache_bytes``; 0, negative or
+    non-numeric values end in one line with status 2."""
+    from ntk_peft.cli import compare as compare_cli
+    from ntk_peft.cli.common import run_cli
+    from ntk_peft.cli.peft import main
+    from ntk_peft.experiments import compare
+
+    seen = []
+    original = compare.run_kernel_jobs
+    monkeypatch.setattr(compare, "run_kernel_jobs",
+                        lambda jobs, **kw: seen.append(kw["cache_bytes"]) or original(jobs, **kw))
+    argv = ["study", "rocoft", "--tasks", "sst2", "--k", "16", "--seeds", "13", "--fine-tune", "none",
+            "--no-ablation", "--model", "tiny-llama", "--max-eval", "6", "--runs", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results")]
+    assert run_cli(main, [*argv, "--capture-gib", "0.5"]) == 0
+    assert seen == [1 << 29]
+    assert run_cli(compare_cli.main, ["--task", "sst2", "--subset", "row1", "--model", "tiny-llama", "--k", "4",
+                                      "--seeds", "13", "--max-eval", "6", "--no-figures", "--out",
+                                      str(tmp_path / "compare"), "--capture-gib", "2"]) == 0
+    assert seen == [1 << 29, 2 << 30]
+    capsys.readouterr()
+    for bad in ("0", "-1", "lots", "inf"):
+        assert run_cli(main, [*argv, "--capture-gib", bad]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "expected a positive number" in err
