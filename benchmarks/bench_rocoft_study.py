@@ -3,7 +3,9 @@
 Measured on SmolLM2 (cuda if available, else the CPU) with prompt blocks of 16 of SST-2 (C = 2 classes)
 and SST-5 (C = 5):
 
-- ``capture``: recording one block (one forward, C backward passes), per padded token;
+- ``capture``: recording one block (one forward, C backward passes), per padded token; a seed's train
+  kernel records each train block once, and again for each panel of held left blocks before it
+  (`ntk_peft.ntk.blocked.panel_width` at the default budget, sized from one prompt's capture);
 - ``pair``: one block pair's kernels, per product of the two blocks' padded tokens;
 - ``directions``: the subsets' parameter directions over a seed's training prompts, per padded token;
 - ``projection``: an evaluation block projected onto each subset's 5 seeds of directions, per padded token;
@@ -29,7 +31,7 @@ time of the whole study.
 Usage::
 
     python benchmarks/bench_rocoft_study.py [--ks 16,64] [--repeats 2] [--check DIR] [--json FILE] [--costs FILE]
-        [--dev-costs FILE]
+        [--dev-costs FILE] [--capture-gib 4]
 
 With ``--dev-costs`` (``bench_dev_scoring.py --json`` output) λ's dev predictions are projected as the
 study now makes them, by projections onto one direction per grid λ, instead of dev×train kernels (and
@@ -141,10 +143,15 @@ def _step_seconds(adapter: str, batch: dict, device: torch.device, repeats: int)
     return median_seconds(step, repeats)
 
 
-def workload(tok, task: str, k: int, max_eval: int | None = 1000) -> dict:
-    """The blocks one study job runs: padded tokens of every train, dev and evaluation block (seed 13)."""
+def workload(tok, task: str, k: int, max_eval: int | None = 1000, model=None) -> dict:
+    """The blocks one study job runs: padded tokens of every train, dev and evaluation block (seed 13).
+
+    With ``model``, also what sizes the train kernel's panels (`ntk_peft.ntk.blocked.panel_width`): the
+    capture bytes per real token (one prompt recorded, as `run_kernel_jobs` does) and the real tokens of
+    the largest train block."""
     from ntk_peft.experiments.compare import length_order
-    from ntk_peft.tasks import get_task, load_split, make_batch
+    from ntk_peft.ntk import blocked
+    from ntk_peft.tasks import get_task, load_split, make_batch, slice_batch
 
     def blocks(examples: list, size: int = 16) -> list[dict]:
         return [make_batch(tok, spec, examples[i:i + size]) for i in range(0, len(examples), size)]
@@ -160,7 +167,13 @@ def workload(tok, task: str, k: int, max_eval: int | None = 1000) -> dict:
     dev = blocks(split.dev)
     evals = blocks([evaluation[i] for i in order])
     batches = blocks(split.train, 8)
-    return {"train": [padded(b) for b in train], "dev": [padded(b) for b in dev], "eval": [padded(b) for b in evals],
+    sizing = {}
+    if model is not None:
+        prompt = slice_batch(train[0], [0])
+        with torch.no_grad():
+            sizing = {"capture_bytes_per_token": blocked.capture(model, prompt).nbytes / blocked.tokens(prompt),
+                      "largest_train_tokens": max(blocked.tokens(b) for b in train)}
+    return {**sizing, "train": [padded(b) for b in train], "dev": [padded(b) for b in dev], "eval": [padded(b) for b in evals],
             "n_train": len(split.train), "n_dev": len(split.dev), "n_eval": len(evaluation), "classes": len(spec.labels),
             "batch_tokens": float(np.mean([padded(b) for b in batches])),
             "eval_tokens_per_example": sum(padded(b) for b in evals) / len(evaluation),
@@ -174,18 +187,40 @@ def at_classes(measured: dict[str, float], classes: int, power: int) -> float:
     return r1 + slope * (classes**power - c1**power)
 
 
-def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs: dict | None = None) -> dict:
+def captured_tokens(work: dict, budget: int) -> tuple[float, int, int]:
+    """Padded tokens recorded for a seed's train kernel, the panel width and the blocks recorded: every
+    train block once, and per panel each train block past it again (`run_kernel_jobs` with a ``budget``;
+    without the workload's capture sizes, each block once)."""
+    from ntk_peft.ntk.blocked import panel_width
+
+    train = work["train"]
+    if "capture_bytes_per_token" not in work:
+        return float(sum(train)), len(train), len(train)
+    width = panel_width(len(train), work["capture_bytes_per_token"] * work["largest_train_tokens"], budget)
+    starts = range(0, len(train), width)
+    again = sum(sum(train[start + width:]) for start in starts)
+    count = len(train) + sum(len(train[start + width:]) for start in starts)
+    return float(sum(train) + again), width, count
+
+
+def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs: dict | None = None,
+            capture_budget: int | None = None) -> dict:
     """Projected seconds of one task's kernel job (with the selection ablation's subsets or not) and of
     each fine-tuning run at the unit ``costs`` (`unit_costs`) and the task's number of classes.
 
     ``dev_costs``: `bench_dev_scoring` unit costs (``by_classes``): λ's dev predictions by projections
-    (the study's default) instead of dev×train kernels."""
+    (the study's default) instead of dev×train kernels. ``capture_budget``: the study's ``--capture-gib`` in
+    bytes (default 4 GiB), which sets the train kernel's panels."""
     train, dev, evals = work["train"], work["dev"], work["eval"]
     groups = ("table", "ablation") if ablation else ("table",)
     rates = {**costs["rates"], **{name: at_classes(measured, work["classes"], 2 if name.startswith("pair") else 1)
                                   for name, measured in costs["by_classes"].items()}}
     rates = {**rates, **{name: sum(rates[f"{name}_{g}"] for g in groups) for name in ("pair", "directions",
                                                                                          "projection")}}
+    from ntk_peft.ntk.blocked import DEFAULT_CACHE_BYTES
+
+    recorded, width, count = captured_tokens(work, DEFAULT_CACHE_BYTES if capture_budget is None else capture_budget)
+    panels = math.ceil(len(train) / width)
     pairs = sum(train[i] * train[j] for i in range(len(train)) for j in range(i, len(train)))
     pairs += sum(d * t for d in dev for t in train)
     if dev_costs is not None:  # no dev kernels: a capture of every train and dev block, G directions, projections
@@ -195,11 +230,11 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
         # measured for the table's four subsets; the ablation's four one-row/column subsets are left out
         # (their directions are a row or column per matrix, small beside full's). The evaluation projects
         # onto the chosen λ's direction kept from these, so it has no directions of its own to compute.
-        per_seed = (rates["capture"] * sum(train) + rates["pair"] * pairs
+        per_seed = (rates["capture"] * recorded + rates["pair"] * pairs
                     + dev_rates["capture"] * (sum(train) + sum(dev))
                     + dev_rates["directions"] * sum(train) + dev_rates["projection"] * sum(dev))
     else:
-        per_seed = (rates["capture"] * (sum(train) + sum(dev)) + rates["pair"] * pairs
+        per_seed = (rates["capture"] * (recorded + panels * sum(dev)) + rates["pair"] * pairs
                     + rates["directions"] * sum(train))
     evaluation = {"capture": sum(evals) * rates["capture"], "projection": sum(evals) * rates["projection"]}
     kernels = SEEDS * per_seed + evaluation["capture"] + evaluation["projection"]
@@ -210,6 +245,7 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
                                       + (steps // 50 + 1) * work["n_dev"] * work["dev_tokens_per_example"])
     tuning = {a: steps * rates[f"step_{a}"] * work["batch_tokens"] + evaluations for a in ("full", "lora1", "row1")}
     return {"kernels_s": kernels, "kernels_seed_jobs_s": kernels_seed_jobs, "fine_tuning_run_s": tuning,
+            "panel_width": width, "train_blocks_recorded": count,
             "task_s": kernels + SEEDS * sum(tuning.values()), "kernels_per_seed_s": per_seed,
             "evaluation_s": evaluation}
 
@@ -244,6 +280,8 @@ def main() -> None:
                         help="take the unit costs from this earlier --json output instead of measuring them")
     parser.add_argument("--left", type=Path, default=None,
                         help="a study results folder: add the projected time of the jobs it has not done")
+    parser.add_argument("--capture-gib", type=float, default=4.0,
+                        help="the study's --capture-gib: the memory that sets the train kernels' panels")
     parser.add_argument("--dev-costs", type=Path, default=None,
                         help="bench_dev_scoring.py --json output: project λ's dev predictions by projections (the "
                              "study's default) instead of dev x train kernels")
@@ -258,16 +296,17 @@ def main() -> None:
     print(json.dumps(costs), flush=True)
     dev_costs = json.loads(args.dev_costs.read_text())["by_classes"] if args.dev_costs is not None else None
     mode = "projections" if dev_costs else "kernels"  # how λ's dev predictions are projected
-    _, tok = load_model("smollm2-135m")
+    model, tok = load_model("smollm2-135m")
     rows, total = [], 0.0
     for k in (int(x) for x in args.ks.split(",")):
         for task in (*SINGLE_TASKS, *PAIR_TASKS):
             try:
-                work = workload(tok, task, k)
+                work = workload(tok, task, k, model=model)
             except Exception as error:  # a split the data cannot give
                 print(f"{task} k={k}: {error}")
                 continue
-            projected = project(work, costs, ablation=k == ABLATION_K, dev_costs=dev_costs)
+            projected = project(work, costs, ablation=k == ABLATION_K, dev_costs=dev_costs,
+                                capture_budget=int(args.capture_gib * (1 << 30)))
             row = {"task": task, "k": k, **projected}
             if args.check is not None and (args.check / f"{task}-k{k}" / "results.json").is_file():
                 recorded = json.loads((args.check / f"{task}-k{k}" / "results.json").read_text())
@@ -301,7 +340,8 @@ def main() -> None:
             print(f"left in {args.left} ({name}): {kernels + tuning:.1f} h (kernels {kernels:.1f}, "
                   f"fine-tuning {tuning:.1f})")
     if args.json:
-        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": mode, "rows": rows,
+        Path(args.json).write_text(json.dumps({**costs, "dev_predictions": mode, "capture_gib": args.capture_gib,
+                                               "rows": rows,
                                                "total_h": total / 3600, **({"left_h": left} if left else {})},
                                               indent=2) + "\n")
 
