@@ -36,31 +36,9 @@ from ntk_peft.ntk.schedule import Block
 from ntk_peft.tasks import get_task, load_split, make_batch
 
 
-class KeptCache:
-    """The baseline's cache: the first values that fit the budget kept, one more value per slot."""
-
-    def __init__(self, budget: int):
-        self.budget, self.kept, self.slots, self.bytes = budget, {}, {}, 0
-
-    def record(self, key, make, slot=None):
-        if key in self.kept:
-            return self.kept[key]
-        held = self.slots.get(slot)
-        if held is not None and held[0] == key:
-            return held[1]
-        self.slots.pop(slot, None)
-        value = make()
-        if self.bytes + value.nbytes <= self.budget:
-            self.kept[key] = value
-            self.bytes += value.nbytes
-        else:
-            self.slots[slot] = (key, value)
-        return value
-
-
 def baseline(job: KernelJob, budget: int) -> dict[str, torch.Tensor]:
     """The job's train kernel as grouped and cached before panels: groups by right block."""
-    cache = KeptCache(budget)
+    cache = blocked.CaptureCache(budget, share_slots=False)
 
     def features(index: int, slot: str):
         batch = job.left[index]

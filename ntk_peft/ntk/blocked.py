@@ -55,10 +55,13 @@ class CaptureCache:
     value for that slot, so a right-hand block is recorded once for all the
     pairs of its group. With no budget, only the slots hold values: a kernel
     job's panel of left blocks, one slot each, and its right block.
+    ``share_slots=False`` looks in ``slot`` only (as before panels; kept for
+    ``benchmarks/bench_panels.py``'s baseline).
     """
 
-    def __init__(self, budget: int = DEFAULT_CACHE_BYTES):
+    def __init__(self, budget: int = DEFAULT_CACHE_BYTES, share_slots: bool = True):
         self.budget = budget
+        self.share_slots = share_slots
         self.kept: dict = {}
         self.slots: dict = {}
         self.bytes = 0
@@ -70,7 +73,8 @@ class CaptureCache:
         if held is not None and held[0] == key:
             return held[1]
         self.slots.pop(slot, None)  # free the held value before making the next
-        elsewhere = next((value for other, value in self.slots.values() if other == key), None)
+        shared = self.slots.values() if self.share_slots else ()
+        elsewhere = next((value for other, value in shared if other == key), None)
         if elsewhere is not None:
             if slot is not None:
                 self.slots[slot] = (key, elsewhere)

@@ -231,6 +231,10 @@ def test_capture_cache_finds_a_value_held_in_another_slot_and_holds_it_there_too
     assert get("a", ("left", 1)) is first and made == ["a"]  # found in the right slot, not made again
     get("b", "right")  # the right slot moves on; the left slot still holds "a"
     assert get("a", ("left", 1)) is first and made == ["a", "b"]
+    alone = blocked.CaptureCache(budget=0, share_slots=False)  # the grouping before panels: each slot on its own
+    alone.record("a", lambda: made.append("a2") or [torch.zeros(1)], "right")
+    alone.record("a", lambda: made.append("a3") or [torch.zeros(1)], "left")
+    assert made[-2:] == ["a2", "a3"]
 
 
 def test_panel_width_is_one_plus_the_captures_that_fit_the_budget_within_the_blocks_and_ranks():
