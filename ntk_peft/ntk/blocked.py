@@ -211,7 +211,7 @@ class KernelJob:
         self.store.claim(name, kernel_identity(model, self.resolved, batches1, batches2, self.implementation,
                                                targets, seed, self.kernel.value, output, outputs))
         self.cache = CaptureCache(0)
-        self.width = len(batches1)  # left blocks per panel (set by `run_kernel_jobs`)
+        self.width = max(1, len(batches1))  # left blocks per panel (set by `run_kernel_jobs`)
         self.kernels = BlockKernels(model, self.names, self.resolved, self.implementation, self.kernel, output,
                                     linear_method)
 
@@ -273,7 +273,7 @@ def _panel_widths(jobs: list[KernelJob], tags: list[int], budget: int) -> list[i
     """Each tag's panel width, decided on rank 0 and broadcast. A capture's memory grows with the real
     tokens it holds (with the examples, for reference Jacobians): one prompt of the tag's first left
     block is recorded, and scaled to the largest block. A tag with one left block, or with every pair
-    stored already, takes the whole list as one panel."""
+    stored already, records nothing and takes panels of one."""
     widths = None
     if distributed.is_main():
         widths = []
@@ -281,8 +281,8 @@ def _panel_widths(jobs: list[KernelJob], tags: list[int], budget: int) -> list[i
             members = [job for job, t in zip(jobs, tags) if t == tag]
             first = members[0]
             missing = any(not b.store.has(*b.key) for job in members for b in job.blocks(tag))
-            if len(first.left) <= 1 or not missing:
-                widths.append(len(first.left))
+            if len(first.left) <= 1 or not missing:  # nothing to hold; a block found unreadable later is
+                widths.append(1)  # computed again with one left block held, whatever its size
                 continue
             size = batch_size if first.implementation is NtkImplementation.REFERENCE else tokens
             one = slice_batch(first.left[0], [0])

@@ -290,3 +290,21 @@ def test_panels_record_each_left_block_once_per_panel_and_give_the_reference_ker
     for job in jobs:
         for key, value in job.result().items():
             torch.testing.assert_close(value, reference[job.name][key], rtol=1e-10, atol=1e-12)
+
+
+def test_a_rerun_with_every_pair_stored_records_nothing_and_holds_one_block(six_blocks, tmp_path, monkeypatch):
+    """No sizing capture when nothing is missing; panels of one, so a block found unreadable then is
+    recomputed without holding the whole list."""
+    from ntk_peft.ntk import KernelJob, run_kernel_jobs
+
+    model, train, _, reference = six_blocks
+    run_kernel_jobs([KernelJob(model, train, None, SUBSETS, store=KernelStore(tmp_path, {}), name="train")],
+                    progress=False)
+    recorded = []
+    original = blocked.capture
+    monkeypatch.setattr(blocked, "capture", lambda m, batch: recorded.append(batch) or original(m, batch))
+    again = KernelJob(model, train, None, SUBSETS, store=KernelStore(tmp_path, {}), name="train")
+    run_kernel_jobs([again], progress=False)
+    assert recorded == [] and again.width == 1
+    for key, value in again.result().items():
+        torch.testing.assert_close(value, reference["train"][key], rtol=1e-10, atol=1e-12)
