@@ -151,7 +151,7 @@ def workload(tok, task: str, k: int, max_eval: int | None = 1000, model=None) ->
     the largest train block."""
     from ntk_peft.experiments.compare import length_order
     from ntk_peft.ntk import blocked
-    from ntk_peft.tasks import get_task, load_split, make_batch, slice_batch
+    from ntk_peft.tasks import get_task, load_split, make_batch
 
     def blocks(examples: list, size: int = 16) -> list[dict]:
         return [make_batch(tok, spec, examples[i:i + size]) for i in range(0, len(examples), size)]
@@ -169,10 +169,9 @@ def workload(tok, task: str, k: int, max_eval: int | None = 1000, model=None) ->
     batches = blocks(split.train, 8)
     sizing = {}
     if model is not None:
-        prompt = slice_batch(train[0], [0])
         with torch.no_grad():
-            sizing = {"capture_bytes_per_token": blocked.capture(model, prompt).nbytes / blocked.tokens(prompt),
-                      "largest_train_tokens": max(blocked.tokens(b) for b in train)}
+            per_token = blocked.record_bytes_per_unit(lambda batch: blocked.capture(model, batch), train[0])
+        sizing = {"capture_bytes_per_token": per_token, "largest_train_tokens": max(blocked.tokens(b) for b in train)}
     return {**sizing, "train": [padded(b) for b in train], "dev": [padded(b) for b in dev], "eval": [padded(b) for b in evals],
             "n_train": len(split.train), "n_dev": len(split.dev), "n_eval": len(evaluation), "classes": len(spec.labels),
             "batch_tokens": float(np.mean([padded(b) for b in batches])),

@@ -269,6 +269,12 @@ def panel_width(blocks: int, capture_bytes: float, budget: int, ranks: int = 1) 
     return max(1, min(blocks, width))
 
 
+def record_bytes_per_unit(record, batch: dict, size=tokens) -> float:
+    """Bytes ``record(batch)`` takes per unit of ``size`` (real tokens), from the block's first prompt alone."""
+    one = slice_batch(batch, [0])
+    return _nbytes(record(one)) / max(1, size(one))
+
+
 def _panel_widths(jobs: list[KernelJob], tags: list[int], budget: int) -> list[int]:
     """Each tag's panel width, decided on rank 0 and broadcast. A capture's memory grows with the real
     tokens it holds (with the examples, for reference Jacobians): one prompt of the tag's first left
@@ -285,8 +291,7 @@ def _panel_widths(jobs: list[KernelJob], tags: list[int], budget: int) -> list[i
                 widths.append(1)  # computed again with one left block held, whatever its size
                 continue
             size = batch_size if first.implementation is NtkImplementation.REFERENCE else tokens
-            one = slice_batch(first.left[0], [0])
-            per_unit = _nbytes(first.record(one)) / max(1, size(one))
+            per_unit = record_bytes_per_unit(first.record, first.left[0], size)
             largest = max(size(b) for job in members for b in (*job.left, *job.right))
             widths.append(panel_width(len(first.left), per_unit * largest, budget, distributed.world_size()))
     return distributed.broadcast(widths)
