@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ntk_peft.errors import UserError
-from ntk_peft.experiments.rocoft_report import BEGIN, END, report_section, top_of_grid, write_report
+from ntk_peft.experiments.rocoft_report import BEGIN, END, report_section, table6, top_of_grid, write_report
 from ntk_peft.experiments.rocoft_study import (
     StudyConfig,
     StudyJob,
@@ -123,6 +123,22 @@ def test_report_cells_come_from_the_records_and_the_rest_is_pending(small_study)
     # columns and rows carry the paper's task names, not the data folders' (sst-5, mr, ...)
     assert "| k = 16 | SST-2 | SST-5 | MR | CR | MPQA | Subj | TREC |" in section
     assert "| SST-5 | 16 | pending |" in section and "| sst-5 |" not in section
+
+
+def test_table6_reports_each_k_and_brackets_the_papers_values_only_at_k16():
+    per_seed = [{"relative_difference": {"row1": {"p1": 0.3, "p2": 0.4}, "col1": {"p1": 0.1, "p2": 0.125}}},
+                {"relative_difference": {"row1": {"p1": 0.2, "p2": 0.5}, "col1": {"p1": 0.1, "p2": 0.175}}}]
+    entry = {"results": {"per_seed": per_seed}}
+    study = {("SST-2", 16): entry, ("SST-2", 64): entry}
+    k16 = table6(study, 16, ("SST-2", "sst-5"))
+    k64 = table6(study, 64, ("SST-2", "sst-5"))
+    assert k16[0] == "| k = 16 | SST-2 | SST-5 |" and k64[0] == "| k = 64 | SST-2 | SST-5 |"
+    row = {line.split(" | ")[0]: line.split(" | ")[1:] for line in k64[2:]}
+    assert row["| K_row1, p=2"] == ["0.450 (0.050)", "pending |"]  # the paper has no k = 64 table 6
+    assert row["| K_col1, p=1"][0] == "0.100 (0.000)"
+    assert row["| K_lora1, p=1"][0] == "pending"  # not in these records
+    row16 = {line.split(" | ")[0]: line.split(" | ")[1:] for line in k16[2:]}
+    assert row16["| K_row1, p=2"] == ["0.450 (0.050) [0.130 (0.014)]", "pending [0.113 (0.012)] |"]
 
 
 def test_top_of_grid_counts_the_seeds_whose_full_kernel_took_the_largest_lambda():
