@@ -33,6 +33,7 @@ from ntk_peft.experiments.dev_projections import (
     stacked_weights,
 )
 from ntk_peft.experiments.projections import score_with_projections
+from ntk_peft.experiments.scoring import score_predictions
 from ntk_peft.io import check_output_dir, save_tensors, write_json
 from ntk_peft.ntk import (
     CrossJob,
@@ -319,10 +320,6 @@ def _select_by_projections(model, plan: SeedPlan, names: list[str], k_train: dic
     return chosen
 
 
-def eval_labels(fit: SeedFit) -> np.ndarray:
-    return np.array([e.label for e in fit.plan.evaluation])
-
-
 def score_with_kernels(model, fit: SeedFit, names: list[str], *, implementation: str = "fast",
                        progress: bool = True) -> dict[str, float]:
     """Eval accuracy per kernel from the eval×train kernels (computed or read from the seed's store;
@@ -342,8 +339,7 @@ def score_with_kernels(model, fit: SeedFit, names: list[str], *, implementation:
                    "labels": torch.tensor([e.label for e in plan.evaluation])})
     fit.result["timing_s"]["eval_kernels_wall_s"] = time.perf_counter() - start
     offsets = fit.f0["eval"].numpy() if fit.offset else None
-    return {n: float(np.mean(fit.models[n].predict(k_eval[n].numpy(), offsets) == eval_labels(fit)))
-            for n in names}
+    return {n: score_predictions(fit, n, fit.models[n].predict(k_eval[n].numpy(), offsets)) for n in names}
 
 
 def default_out(task: str, model_name: str, k: int, checkpoint: str | Path | None = None) -> Path:
@@ -501,8 +497,8 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
         return distributed.broadcast(None)
     per_seed = []
     for fit, accuracy in zip(fits, accuracies):
-        fit.result["accuracy"] = {**accuracy, "zeroshot": float(np.mean(fit.f0["eval"].argmax(1).numpy()
-                                                                         == eval_labels(fit)))}
+        fit.result["accuracy"] = {**accuracy, "zeroshot": score_predictions(fit, "zeroshot",
+                                                                            fit.f0["eval"].argmax(1).numpy())}
         fit.result["timing_s"]["kernels_s"] = fit.plan.store.compute_seconds()
         fit.result["timing_s"]["train_dev_kernels_by_type_s"] = {
             t.value: sum(fit.plan.store.compute_seconds(store_name(part, t)) for part in ("train", "dev"))

@@ -27,6 +27,7 @@ import torch
 
 import ntk_peft
 from ntk_peft.experiments.dev_projections import kept_direction_name
+from ntk_peft.experiments.scoring import score_predictions
 from ntk_peft.ntk import KernelStore, batches_hash, capture, distributed, model_hash, parse_subsets, subset_params
 from ntk_peft.ntk.blocked import tokens
 from ntk_peft.ntk.directions import gradient_directions, project_directions, reference_projection, subset_directions
@@ -204,9 +205,8 @@ def score_with_projections(model, fits, names: list[str], folder: Path, *, model
             part = projections[:, :, first : first + counts[n][k]]
             first += counts[n][k]
             offsets = fit.f0["eval"].numpy() if fit.offset else None
-            labels = np.array([e.label for e in fit.plan.evaluation])
-            accuracies[k][keys[n]] = float(np.mean(fit.models[keys[n]].predict_from_projections(part, offsets)
-                                                   == labels))
+            accuracies[k][keys[n]] = score_predictions(fit, keys[n],
+                                                       fit.models[keys[n]].predict_from_projections(part, offsets))
     return accuracies, store.compute_seconds("eval") + store.compute_seconds("directions")
 
 

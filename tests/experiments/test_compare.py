@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -35,6 +36,17 @@ def test_compare_writes_results_figures_and_reuses_kernels(capsys, tmp_path):
         assert set(seed_result["lambda_over_scale"]) == set(seed_result["lambda"])
         for factor in seed_result["lambda_over_scale"].values():  # λ / mean train-kernel diagonal: a grid point
             assert any(factor == pytest.approx(g, rel=1e-12) for g in LAMBDA_GRID)
+        # eval counts per kernel and zero-shot: rows the true class (12 eval examples), diagonal the accuracy
+        assert set(seed_result["eval_confusion"]) == set(seed_result["accuracy"])
+        for name, counts in seed_result["eval_confusion"].items():
+            assert np.array(counts).shape == (2, 2) and np.array(counts).sum() == 12
+            assert np.trace(counts) / 12 == seed_result["accuracy"][name]
+    from safetensors.numpy import load_file
+
+    f0 = load_file(str(next(tmp_path.glob("**/seed-13*/f0.safetensors"))))
+    f0_eval = next(v for key, v in f0.items() if key.startswith("eval/"))  # columns: the predicted class
+    assert np.array(results["per_seed"][0]["eval_confusion"]["zeroshot"]).sum(0).tolist() == \
+        np.bincount(f0_eval.argmax(1), minlength=2).tolist()
     assert set(results["summary"]["accuracy"]["full"]) == {"mean", "std"}
     assert results["eval_predictions"] == "projections" and results["timing_s"]["projections_recorded"] > 0
     assert (tmp_path / "figures" / "kernel_heatmaps.png").stat().st_size > 10_000
@@ -85,10 +97,12 @@ def test_eval_kernel_is_in_data_order_though_blocked_by_length(tmp_path):
 def test_projections_score_exactly_as_the_eval_kernels(tmp_path, task, solver):
     """Same fits, two ways to the eval decisions: P = K_eval·W from the stored blocks, and equal accuracies."""
     import torch
+    from safetensors.torch import load_file
 
     from ntk_peft import load_model
     from ntk_peft.experiments.compare import fit_seed, plan_seed, score_with_kernels
     from ntk_peft.experiments.projections import score_with_projections
+    from ntk_peft.tasks import get_task
 
     model, tok = load_model("tiny-llama", dtype=torch.float64, seed=1)
     names = ["full", "row1", "lora1"]
@@ -97,9 +111,22 @@ def test_projections_score_exactly_as_the_eval_kernels(tmp_path, task, solver):
     fits = [fit_seed(model, tok, task, names, plan, solver=solver, progress=False) for plan in plans]
     by_projection, _ = score_with_projections(model, fits, names, tmp_path / "projections",
                                               model_name="tiny-llama", progress=False)
+    confusion_by_projection = [copy.deepcopy(fit.result["eval_confusion"]) for fit in fits]
     by_kernel = [score_with_kernels(model, fit, names, progress=False) for fit in fits]
     assert by_projection == by_kernel
-    from safetensors.torch import load_file
+    assert confusion_by_projection == [fit.result["eval_confusion"] for fit in fits]
+    classes = len(get_task(task).labels)
+    for fit, accuracy in zip(fits, by_kernel):  # counts: rows the true class, columns the predicted one
+        labels = [e.label for e in fit.plan.evaluation]
+        k_eval = load_file(str(fit.plan.folder / "eval_kernels.safetensors"))
+        offsets = fit.f0["eval"].numpy() if fit.offset else None
+        for name in names:
+            predicted = fit.models[name].predict(k_eval[f"K/{name}"].numpy(), offsets)
+            expected = np.zeros((classes, classes), dtype=int)
+            for true, guess in zip(labels, predicted):
+                expected[true, guess] += 1
+            assert fit.result["eval_confusion"][name] == expected.tolist()
+            assert np.trace(expected) / len(labels) == accuracy[name]
 
     folder = next((tmp_path / "projections").iterdir())
     blocks = [load_file(str(p)) for p in sorted((folder / "blocks").glob("eval-*"), key=lambda p: int(p.stem.split("-")[2]))]
