@@ -12,7 +12,7 @@
   [--bounds DIR]``: every figure of the toolkit from results folders, computing what is missing
   (see `ntk_peft.experiments.figures`).
 - ``ntk-peft study rocoft [--tasks all|single|pair|T,T] [--k 16,64] [--seeds ...] [--fine-tune full,lora1,row1|none]
-  [--status | --report]``: RoCoFT's tables 5 and 6 as a resumable queue of ntk-compare and fine-tuning
+  [--status | --report | --rescore]``: RoCoFT's tables 5 and 6 as a resumable queue of ntk-compare and fine-tuning
   runs (torchrun shares it over ranks), results and README under results/rocoft-smollm2
   (see `ntk_peft.experiments.rocoft_study`).
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
@@ -164,6 +164,9 @@ def build_parser() -> Parser:
     what.add_argument("--status", action="store_true", help="list the queue and what is done; run nothing")
     what.add_argument("--report", action="store_true",
                       help="only redraw the README tables and figures from the results folder")
+    what.add_argument("--rescore", action="store_true",
+                      help="add the eval confusion counts to finished tasks recorded before they were kept, "
+                           "from the kernel stores under --runs (every other number must come back the same)")
 
     prep = sub.add_parser("prepare-model", help="load a model once (SmolLM2: convert the GGUF)")
     add_model_options(prep)
@@ -365,6 +368,7 @@ def _study(args) -> int:
         job_done,
         parse_fine_tune,
         parse_tasks,
+        rescore_task,
         run_study,
         study_jobs,
     )
@@ -383,6 +387,13 @@ def _study(args) -> int:
     check_output_dir(config.results)
     if args.report:
         print(f"report: {write_report(config.results)}")
+        return 0
+    if args.rescore:
+        for task in config.tasks:
+            for k in config.ks:
+                if rescore_task(config, task, k):
+                    print(f"rescored {task} k={k}: eval confusion counts added", flush=True)
+        print(f"report: {write_report(config.results, figures=False)}")
         return 0
     jobs = study_jobs(config)
     if args.status:

@@ -332,6 +332,44 @@ def combine_seed_records(config: StudyConfig, task: str, k: int) -> bool:
     return True
 
 
+def rescore_task(config: StudyConfig, task: str, k: int, progress: bool = True) -> bool:
+    """Add each seed's eval confusion counts (`score_predictions`) to a finished task's ``results.json``
+    recorded before they were kept: every `run_compare` call its seeds came from (a run folder under
+    ``runs/kernels/<TASK>-k<k>`` that holds a ``results.json``) runs again over its stored blocks, and
+    everything recorded (accuracies, relative differences, λ) must come back the same, else `UserError`
+    and nothing is written. Returns whether the record changed (not when every seed already has counts)."""
+    path = config.results / f"{task}-k{k}" / "results.json"
+    recorded = _read_json(path)
+    if recorded is None or all("eval_confusion" in entry for entry in recorded["per_seed"]):
+        return False
+    folder = config.runs / "kernels" / f"{task}-k{k}"
+    rescored: dict[int, dict] = {}
+    for run in [folder, folder / "split", *sorted(folder.glob("seed-*-job"))]:
+        previous = _read_json(run / "results.json")
+        if previous is None:
+            continue
+        again = run_compare(task, recorded["kernel_subsets"], k=k, model_name=recorded["model"],
+                            seeds=previous["seeds"], calibration_seed=recorded.get("wanda_calibration_seed"),
+                            max_eval=recorded["max_eval"], out=run, data_dir=config.data_dir,
+                            block_size=config.block_size, progress=progress,
+                            dev_predictions=previous.get("dev_predictions", "kernels"),
+                            capture_memory=config.capture_memory)
+        rescored.update({entry["seed"]: entry for entry in again["per_seed"]})
+    missing = [entry["seed"] for entry in recorded["per_seed"] if entry["seed"] not in rescored]
+    if missing:
+        raise UserError(f"{task} k={k}: seeds {missing} have no run folder with their stored blocks under {folder}")
+    kept = ("accuracy", "relative_difference", "lambda", "lambda_over_scale")
+    for entry in recorded["per_seed"]:
+        again = rescored[entry["seed"]]
+        differ = [key for key in kept if again.get(key) != entry.get(key)]
+        if differ:
+            raise UserError(f"{task} k={k} seed {entry['seed']}: rescoring from the stored blocks changed "
+                            f"{', '.join(differ)}; the record is left as it was")
+        entry["eval_confusion"] = again["eval_confusion"]
+    write_json(path, recorded)
+    return True
+
+
 def figure_data(run_folder: Path, results: dict, heatmaps: bool) -> dict:
     """From the first seed's train kernels: each kernel's spectrum (eigenvalues of the flattened kernel,
     descending, over the largest) and, with ``heatmaps``, the kernel the heatmaps show (the logit

@@ -141,6 +141,40 @@ def test_table6_reports_each_k_and_brackets_the_papers_values_only_at_k16():
     assert row16["| K_row1, p=2"] == ["0.450 (0.050) [0.130 (0.014)]", "pending [0.113 (0.012)] |"]
 
 
+def test_rescoring_adds_the_confusion_counts_from_the_stored_blocks_and_refuses_a_changed_record(small_study,
+                                                                                                  tmp_path):
+    import dataclasses
+    import shutil
+
+    from ntk_peft.experiments.rocoft_study import rescore_task
+
+    config, _, _ = small_study
+    copy = dataclasses.replace(config, runs=tmp_path / "runs", results=tmp_path / "results")
+    shutil.copytree(config.runs / "kernels", copy.runs / "kernels")
+    shutil.copytree(config.results / "SST-2-k16", copy.results / "SST-2-k16")
+    path = copy.results / "SST-2-k16" / "results.json"
+    written = json.loads(path.read_text())
+    counts = [entry.pop("eval_confusion") for entry in written["per_seed"]]  # as recorded before they were kept
+    for seed_counts, entry in zip(counts, written["per_seed"]):  # 8 eval examples; the diagonal is the accuracy
+        assert set(seed_counts) == set(entry["accuracy"])
+        assert all(np.trace(seed_counts[name]) / 8 == entry["accuracy"][name] for name in seed_counts)
+    path.write_text(json.dumps(written))
+    blocks = {p: p.stat().st_mtime_ns for p in copy.runs.glob("**/blocks/*.safetensors")}
+    assert rescore_task(copy, "SST-2", 16, progress=False)
+    assert [entry["eval_confusion"] for entry in json.loads(path.read_text())["per_seed"]] == counts
+    assert {p: p.stat().st_mtime_ns for p in copy.runs.glob("**/blocks/*.safetensors")} == blocks  # read, not redone
+    assert not rescore_task(copy, "SST-2", 16, progress=False)  # every seed has its counts: nothing to do
+
+    written["per_seed"][1]["accuracy"]["row1"] += 0.125  # a record the stored blocks do not give back
+    path.write_text(json.dumps(written))
+    with pytest.raises(UserError, match="seed 21: rescoring from the stored blocks changed accuracy"):
+        rescore_task(copy, "SST-2", 16, progress=False)
+    assert json.loads(path.read_text()) == written
+    shutil.rmtree(copy.runs / "kernels" / "SST-2-k16")
+    with pytest.raises(UserError, match=r"seeds \[13, 21\] have no run folder"):
+        rescore_task(copy, "SST-2", 16, progress=False)
+
+
 def test_top_of_grid_counts_the_seeds_whose_full_kernel_took_the_largest_lambda():
     seeds = [{"lambda_over_scale": {"full": 10.000000000000002, "row1": 0.1}},
              {"lambda_over_scale": {"full": 1.0, "row1": 10.0}},  # only K_θ counts
@@ -305,6 +339,16 @@ def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
     assert "done     kernels SST-2 k=16 seed 13\n1 of 1 jobs done" in capsys.readouterr().out
     assert run_cli(main, [*argv, "--kernel-jobs", "task-and-seed"]) == 2
     assert "invalid choice" in capsys.readouterr().err
+    results = tmp_path / "results" / "SST-2-k16" / "results.json"
+    recorded = json.loads(results.read_text())
+    assert run_cli(main, [*argv, "--rescore"]) == 0  # every seed has its counts: nothing rescored
+    assert "rescored" not in capsys.readouterr().out
+    for entry in recorded["per_seed"]:
+        del entry["eval_confusion"]
+    results.write_text(json.dumps(recorded))
+    assert run_cli(main, [*argv, "--rescore"]) == 0
+    assert "rescored SST-2 k=16: eval confusion counts added" in capsys.readouterr().out
+    assert "eval_confusion" in json.loads(results.read_text())["per_seed"][0]
 
 
 def test_committed_readme_tables_regenerate_bit_identically():
