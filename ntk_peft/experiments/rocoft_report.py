@@ -18,6 +18,7 @@ from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS, TABLE5, 
 from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, FINE_TUNING_LR, TABLE_SUBSETS
 from ntk_peft.io import write_text
 from ntk_peft.solvers import LAMBDA_GRID
+from ntk_peft.tasks import get_task
 
 BEGIN = "<!-- BEGIN GENERATED: python figures/rocoft_study.py results/rocoft-smollm2 (do not edit by hand) -->"
 END = "<!-- END GENERATED -->"
@@ -132,6 +133,40 @@ def ablation_table(study: dict) -> list[str]:
     return _table(header, rows)
 
 
+def prediction_balance_table(study: dict) -> list[str]:
+    """Per finished task and k whose seeds all record ``eval_confusion``: the evaluation set's largest class
+    (its share, %), the share of predictions in it (%, mean (std) over seeds) for zero-shot and the table's
+    kernels, and the balanced accuracy (mean per-class recall, %) of zero-shot and K_θ; then one line naming
+    the finished tasks recorded before the counts were kept."""
+    names = ["zeroshot", *TABLE_SUBSETS]
+    header = ["task", "k", "largest class", *[f"{'zero-shot' if n == 'zeroshot' else 'K_θ' if n == 'full' else 'K_' + n} "
+                                              "predicts it" for n in names],
+              "balanced acc. zero-shot", "balanced acc. K_θ"]
+    rows, missing = [], []
+    for k in KS:
+        for task in (*SINGLE_TASKS, *PAIR_TASKS):
+            per_seed = (study.get((task, k)) or {}).get("results", {}).get("per_seed", [])
+            if not per_seed:
+                continue
+            if not all("eval_confusion" in entry for entry in per_seed):
+                missing.append(f"{paper_name(task)} k={k}")
+                continue
+            counts = {n: [np.array(entry["eval_confusion"][n]) for entry in per_seed] for n in names}
+            truth = counts["zeroshot"][0].sum(1)  # rows: the true classes, the same for every seed
+            largest = int(truth.argmax())
+            shares = [_mean_std([c[:, largest].sum() / c.sum() for c in counts[n]], 100, 1) for n in names]
+            balanced = [_mean_std([float(np.mean(np.diag(c) / c.sum(1))) for c in counts[n]], 100, 1)
+                        for n in ("zeroshot", "full")]
+            label = get_task(task).labels[largest]
+            rows.append([paper_name(task), str(k), f"{label} ({100 * truth[largest] / truth.sum():.1f})", *shares,
+                         *balanced])
+    lines = _table(header, rows) if rows else ["No finished task records its counts yet."]
+    if missing:
+        lines += ["", "Finished without counts (recorded before they were kept; `ntk-peft study rocoft --rescore` adds "
+                  "them where the kernel stores remain): " + ", ".join(missing) + "."]
+    return lines
+
+
 def cost(entry: dict) -> tuple[float, float]:
     """(kernel hours, fine-tuning hours) recorded in a task's files: the compute seconds stored with the
     kernel and projection blocks, and each run's wall time (training, dev and final evaluation)."""
@@ -194,7 +229,9 @@ def report_section(folder: str | Path) -> str:
         for tasks in (SINGLE_TASKS, PAIR_TASKS):
             lines += [*table6(study, k, tasks), ""]
     lines += ["### Row and column selection (k = 16): accuracy % and relative difference to K_θ (p = 2)", "",
-              *ablation_table(study), "", "### Status and cost", "", *status_table(study), "", END]
+              *ablation_table(study), "",
+              "### Predictions on the evaluation set: share in its largest class and balanced accuracy (%)", "",
+              *prediction_balance_table(study), "", "### Status and cost", "", *status_table(study), "", END]
     return "\n".join(lines)
 
 

@@ -175,6 +175,25 @@ def test_rescoring_adds_the_confusion_counts_from_the_stored_blocks_and_refuses_
         rescore_task(copy, "SST-2", 16, progress=False)
 
 
+def test_prediction_balance_reads_the_confusion_counts():
+    from ntk_peft.experiments.rocoft_report import prediction_balance_table
+
+    def seed(kernel):  # rows: true class (6 of "0", 14 of "1"), columns: predicted
+        zero_shot = [[0, 6], [0, 14]]  # always the largest class: 70% accurate, balanced accuracy 50%
+        return {"eval_confusion": {"zeroshot": zero_shot, **{n: kernel for n in ("full", "row1", "col1", "lora1")}}}
+
+    study = {("MRPC", 16): {"results": {"per_seed": [seed([[6, 0], [4, 10]]), seed([[3, 3], [6, 8]])]}},
+             ("RTE", 16): {"results": {"per_seed": [{"accuracy": {}}]}}}
+    lines = prediction_balance_table(study)
+    row = lines[2].split(" | ")
+    assert row[:4] == ["| MRPC", "16", "1 (70.0)", "100.0 (0.0)"]
+    assert row[4] == "52.5 (2.5)"  # K_θ predicts "1" for 10 and 11 of 20
+    assert row[8] == "50.0 (0.0)"  # zero-shot's balanced accuracy
+    assert row[9] == "69.6 (16.1) |"  # K_θ's: (1 + 10/14) / 2 and (1/2 + 8/14) / 2
+    assert lines[-1].endswith("adds them where the kernel stores remain): RTE k=16.")
+    assert prediction_balance_table({})[0] == "No finished task records its counts yet."
+
+
 def test_top_of_grid_counts_the_seeds_whose_full_kernel_took_the_largest_lambda():
     seeds = [{"lambda_over_scale": {"full": 10.000000000000002, "row1": 0.1}},
              {"lambda_over_scale": {"full": 1.0, "row1": 10.0}},  # only K_θ counts
