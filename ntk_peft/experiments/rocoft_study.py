@@ -343,21 +343,25 @@ def rescore_task(config: StudyConfig, task: str, k: int, progress: bool = True) 
     if recorded is None or all("eval_confusion" in entry for entry in recorded["per_seed"]):
         return False
     folder = config.runs / "kernels" / f"{task}-k{k}"
-    rescored: dict[int, dict] = {}
+    runs: dict[Path, dict] = {}  # run folder -> its results, the first folder holding each recorded seed
     for run in [folder, folder / "split", *sorted(folder.glob("seed-*-job"))]:
         previous = _read_json(run / "results.json")
-        if previous is None:
-            continue
+        held = {entry["seed"] for entry in recorded["per_seed"]} - {s for r in runs.values() for s in r["seeds"]}
+        if previous is not None and held & set(previous["seeds"]):
+            runs[run] = previous
+    found = {seed for previous in runs.values() for seed in previous["seeds"]}
+    missing = [entry["seed"] for entry in recorded["per_seed"] if entry["seed"] not in found]
+    if missing:  # before any work
+        raise UserError(f"{task} k={k}: seeds {missing} have no run folder with their stored blocks under {folder}")
+    rescored: dict[int, dict] = {}
+    for run, previous in runs.items():
         again = run_compare(task, recorded["kernel_subsets"], k=k, model_name=recorded["model"],
                             seeds=previous["seeds"], calibration_seed=recorded.get("wanda_calibration_seed"),
                             max_eval=recorded["max_eval"], out=run, data_dir=config.data_dir,
                             block_size=config.block_size, progress=progress,
                             dev_predictions=previous.get("dev_predictions", "kernels"),
                             capture_memory=config.capture_memory)
-        rescored.update({entry["seed"]: entry for entry in again["per_seed"]})
-    missing = [entry["seed"] for entry in recorded["per_seed"] if entry["seed"] not in rescored]
-    if missing:
-        raise UserError(f"{task} k={k}: seeds {missing} have no run folder with their stored blocks under {folder}")
+        rescored.update({entry["seed"]: entry for entry in again["per_seed"] if entry["seed"] not in rescored})
     kept = ("accuracy", "relative_difference", "lambda", "lambda_over_scale")
     for entry in recorded["per_seed"]:
         again = rescored[entry["seed"]]

@@ -142,7 +142,8 @@ def test_table6_reports_each_k_and_brackets_the_papers_values_only_at_k16():
 
 
 def test_rescoring_adds_the_confusion_counts_from_the_stored_blocks_and_refuses_a_changed_record(small_study,
-                                                                                                  tmp_path):
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
     import dataclasses
     import shutil
 
@@ -170,6 +171,11 @@ def test_rescoring_adds_the_confusion_counts_from_the_stored_blocks_and_refuses_
     with pytest.raises(UserError, match="seed 21: rescoring from the stored blocks changed accuracy"):
         rescore_task(copy, "SST-2", 16, progress=False)
     assert json.loads(path.read_text()) == written
+    run_record = copy.runs / "kernels" / "SST-2-k16" / "results.json"
+    run_record.write_text(json.dumps({**json.loads(run_record.read_text()), "seeds": [13]}))  # seed 21's run lost
+    monkeypatch.setattr("ntk_peft.experiments.rocoft_study.run_compare", lambda *a, **k: pytest.fail("work begun"))
+    with pytest.raises(UserError, match=r"seeds \[21\] have no run folder"):  # refused before any work
+        rescore_task(copy, "SST-2", 16, progress=False)
     shutil.rmtree(copy.runs / "kernels" / "SST-2-k16")
     with pytest.raises(UserError, match=r"seeds \[13, 21\] have no run folder"):
         rescore_task(copy, "SST-2", 16, progress=False)
