@@ -135,13 +135,14 @@ def ablation_table(study: dict) -> list[str]:
 
 def prediction_balance_table(study: dict) -> list[str]:
     """Per finished task and k whose seeds all record ``eval_confusion``: the evaluation set's largest class
-    (its share, %), the share of predictions in it (%, mean (std) over seeds) for zero-shot and the table's
-    kernels, and the balanced accuracy (mean per-class recall, %) of zero-shot and K_θ; then one line naming
-    the finished tasks recorded before the counts were kept."""
+    (its share, %), the share of predictions in it (%, mean (std) over seeds) for zero-shot, the table's
+    kernels and Full FT, and the balanced accuracy (mean per-class recall, %) of zero-shot, K_θ and Full FT
+    (Full FT's ``-`` until every seed's run records its counts); then one line naming the finished tasks
+    recorded before the counts were kept."""
     names = ["zeroshot", *TABLE_SUBSETS]
     header = ["task", "k", "largest class", *[f"{'zero-shot' if n == 'zeroshot' else 'K_θ' if n == 'full' else 'K_' + n} "
-                                              "predicts it" for n in names],
-              "balanced acc. zero-shot", "balanced acc. K_θ"]
+                                              "predicts it" for n in names], "Full FT predicts it",
+              "balanced acc. zero-shot", "balanced acc. K_θ", "balanced acc. Full FT"]
     rows, missing = [], []
     for k in KS:
         for task in (*SINGLE_TASKS, *PAIR_TASKS):
@@ -152,14 +153,25 @@ def prediction_balance_table(study: dict) -> list[str]:
                 missing.append(f"{paper_name(task)} k={k}")
                 continue
             counts = {n: [np.array(entry["eval_confusion"][n]) for entry in per_seed] for n in names}
+            runs = study[task, k].get("fine_tuning", {}).get("runs", {}).get("full", {})
+            if len(runs) == len(per_seed) and all("eval_confusion" in run for run in runs.values()):
+                counts["Full FT"] = [np.array(run["eval_confusion"]) for run in runs.values()]
             truth = counts["zeroshot"][0].sum(1)  # rows: the true classes, the same for every seed
             largest = int(truth.argmax())
-            shares = [_mean_std([c[:, largest].sum() / c.sum() for c in counts[n]], 100, 1) for n in names]
-            balanced = [_mean_std([float(np.mean(np.diag(c) / c.sum(1))) for c in counts[n]], 100, 1)
-                        for n in ("zeroshot", "full")]
+
+            def share(name: str) -> str:
+                if name not in counts:
+                    return "-"
+                return _mean_std([c[:, largest].sum() / c.sum() for c in counts[name]], 100, 1)
+
+            def balanced(name: str) -> str:
+                if name not in counts:
+                    return "-"
+                return _mean_std([float(np.mean(np.diag(c) / c.sum(1))) for c in counts[name]], 100, 1)
+
             label = get_task(task).labels[largest]
-            rows.append([paper_name(task), str(k), f"{label} ({100 * truth[largest] / truth.sum():.1f})", *shares,
-                         *balanced])
+            rows.append([paper_name(task), str(k), f"{label} ({100 * truth[largest] / truth.sum():.1f})",
+                         *map(share, [*names, "Full FT"]), *map(balanced, ("zeroshot", "full", "Full FT"))])
     lines = _table(header, rows) if rows else ["No finished task records its counts yet."]
     if missing:
         lines += ["", "Finished without counts (recorded before they were kept; `ntk-peft study rocoft --rescore` adds "

@@ -452,7 +452,8 @@ def record_fine_tuning(job: StudyJob, config: StudyConfig, metrics: dict) -> Non
     runs = record["runs"].setdefault(job.adapter, {})
     runs[str(job.seed)] = {"eval_accuracy": metrics["eval_accuracy"], "n_eval": metrics["n_eval"],
                            "best_dev": metrics["best_dev"], "steps": metrics["final_step"],
-                           "train_seconds": round(metrics["train_seconds"], 1)}
+                           "train_seconds": round(metrics["train_seconds"], 1),
+                           **({"eval_confusion": metrics["eval_confusion"]} if "eval_confusion" in metrics else {})}
     record["runs"][job.adapter] = dict(sorted(runs.items(), key=lambda item: int(item[0])))
     write_json(path, record)
 

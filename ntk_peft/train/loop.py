@@ -97,22 +97,39 @@ def _write_json(path: Path, value) -> None:
     write_json(path, value)
 
 
-def _accuracy(model, tokenizer, spec, examples, batch_size: int, desc: str | None = None) -> float:
-    """Accuracy of the model's label logits; a tqdm bar labelled ``desc`` when given (the final evaluation).
+def _predicted(model, tokenizer, spec, examples, batch_size: int, desc: str | None = None) -> torch.Tensor:
+    """``[n]`` argmax of the model's label logits; a tqdm bar labelled ``desc`` when given (the final evaluation).
 
     Batches go by prompt length (`predict_logits`): on the study's evaluation sets unsorted batches of
     16 carried 1.35-2.3x as many tokens as the prompts themselves.
     """
     from ntk_peft.solvers import predict_logits
 
-    if not examples:
-        return 0.0
     was_training = model.training
     model.eval()
     logits = predict_logits(model, tokenizer, spec, examples, batch_size, progress=desc is not None, desc=desc or "")
     model.train(was_training)
+    return logits.argmax(1)
+
+
+def _accuracy(model, tokenizer, spec, examples, batch_size: int) -> float:
+    """Accuracy of the model's label logits on ``examples`` (0 when there are none)."""
+    if not examples:
+        return 0.0
     labels = torch.tensor([e.label for e in examples])
-    return int((logits.argmax(1) == labels).sum()) / len(examples)
+    return int((_predicted(model, tokenizer, spec, examples, batch_size) == labels).sum()) / len(examples)
+
+
+def _evaluate(model, tokenizer, spec, examples, batch_size: int, desc: str | None) -> dict:
+    """The final evaluation: accuracy, and the ``[C, C]`` counts (rows the true class, columns the predicted)."""
+    from sklearn.metrics import confusion_matrix
+
+    if not examples:
+        return {"eval_accuracy": 0.0, "eval_confusion": []}
+    labels = [e.label for e in examples]
+    predicted = _predicted(model, tokenizer, spec, examples, batch_size, desc).numpy()
+    counts = confusion_matrix(labels, predicted, labels=list(range(len(spec.labels))))
+    return {"eval_accuracy": int(counts.trace()) / len(examples), "eval_confusion": counts.tolist()}
 
 
 def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = True) -> dict:
@@ -234,8 +251,8 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, progress: bool = T
     handle.save(out / "adapter")
     metrics["final_step"] = step
     metrics["stopped_early"] = stopped_early
-    metrics["eval_accuracy"] = _accuracy(model, tokenizer, spec, evaluation, 2 * config.batch_size,
-                                         desc=f"evaluate {spec.name}" if progress else None)
+    metrics.update(_evaluate(model, tokenizer, spec, evaluation, 2 * config.batch_size,
+                             desc=f"evaluate {spec.name}" if progress else None))
     metrics["n_eval"] = len(evaluation)
     metrics["train_seconds"] = metrics.get("train_seconds", 0.0) + time.perf_counter() - started
     _write_json(out / "metrics.json", metrics)

@@ -66,6 +66,7 @@ def test_study_records_every_job_and_skips_them_on_a_rerun(small_study):
     run = tuning["runs"]["full"]["21"]
     metrics = json.loads((config.runs / "train" / "RTE-full-k16-s21" / "metrics.json").read_text())
     assert run["eval_accuracy"] == metrics["eval_accuracy"] and run["n_eval"] == 8 and run["steps"] == 4
+    assert run["eval_confusion"] == metrics["eval_confusion"] and np.array(run["eval_confusion"]).sum() == 8
     full = config.runs / "train" / "RTE-full-k16-s21"  # model-sized files dropped once recorded; the rest kept
     assert not (full / "checkpoint.pt").exists() and not (full / "best").exists() and not (full / "adapter").exists()
     assert (full / "config.json").is_file() and (full / "delta_w_summary.json").is_file()
@@ -188,14 +189,22 @@ def test_prediction_balance_reads_the_confusion_counts():
         zero_shot = [[0, 6], [0, 14]]  # always the largest class: 70% accurate, balanced accuracy 50%
         return {"eval_confusion": {"zeroshot": zero_shot, **{n: kernel for n in ("full", "row1", "col1", "lora1")}}}
 
-    study = {("MRPC", 16): {"results": {"per_seed": [seed([[6, 0], [4, 10]]), seed([[3, 3], [6, 8]])]}},
+    tuned = {"13": {"eval_confusion": [[2, 4], [0, 14]]}, "21": {"eval_confusion": [[6, 0], [0, 14]]}}
+    study = {("MRPC", 16): {"results": {"per_seed": [seed([[6, 0], [4, 10]]), seed([[3, 3], [6, 8]])]},
+                            "fine_tuning": {"runs": {"full": tuned}}},
+             ("QQP", 16): {"results": {"per_seed": [seed([[6, 0], [4, 10]])]},  # its runs recorded no counts
+                           "fine_tuning": {"runs": {"full": {"13": {"eval_accuracy": 0.5}}}}},
              ("RTE", 16): {"results": {"per_seed": [{"accuracy": {}}]}}}
     lines = prediction_balance_table(study)
     row = lines[2].split(" | ")
     assert row[:4] == ["| MRPC", "16", "1 (70.0)", "100.0 (0.0)"]
     assert row[4] == "52.5 (2.5)"  # K_θ predicts "1" for 10 and 11 of 20
-    assert row[8] == "50.0 (0.0)"  # zero-shot's balanced accuracy
-    assert row[9] == "69.6 (16.1) |"  # K_θ's: (1 + 10/14) / 2 and (1/2 + 8/14) / 2
+    assert row[8] == "80.0 (10.0)"  # Full FT predicts "1" for 18 and 14 of 20
+    assert row[9] == "50.0 (0.0)"  # zero-shot's balanced accuracy
+    assert row[10] == "69.6 (16.1)"  # K_θ's: (1 + 10/14) / 2 and (1/2 + 8/14) / 2
+    assert row[11] == "83.3 (16.7) |"  # Full FT's: (2/6 + 1) / 2 and 1
+    qqp = lines[3].split(" | ")
+    assert qqp[8] == "-" and qqp[11] == "- |"
     assert lines[-1].endswith("adds them where the kernel stores remain): RTE k=16.")
     assert prediction_balance_table({})[0] == "No finished task records its counts yet."
 

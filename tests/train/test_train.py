@@ -56,6 +56,18 @@ def test_lora_rank_never_above_r_and_outputs_written(tmp_path):
     tracked = torch.tensor(summary["singular_values"][some_layer], dtype=torch.float64)
     assert len(tracked) == len(sigma)
     torch.testing.assert_close(tracked, sigma, rtol=0, atol=1e-12 * sigma[0].item())
+    from ntk_peft.solvers import predict_logits
+    from ntk_peft.tasks import get_task, load_split
+
+    spec = get_task("sst2")  # the saved adapter's eval predictions, counted by hand: rows true, columns predicted
+    evaluation = load_split(spec, 4, 5).eval
+    evaluation = [evaluation[i] for i in np.sort(np.random.default_rng(0).permutation(len(evaluation))[:8])]
+    model.eval()
+    predicted = predict_logits(model, load_model("tiny-llama", seed=5)[1], spec, evaluation, 8).argmax(1).tolist()
+    counts = [[0, 0], [0, 0]]
+    for example, guess in zip(evaluation, predicted):
+        counts[example.label][guess] += 1
+    assert metrics["eval_confusion"] == counts and metrics["eval_accuracy"] == (counts[0][0] + counts[1][1]) / 8
 
 
 @pytest.mark.parametrize("spec", ["lora2", "row1", "col1", "lorma+2", "more2x2", "full"])
