@@ -388,12 +388,19 @@ def _study(args) -> int:
     if args.report:
         print(f"report: {write_report(config.results)}")
         return 0
-    if args.rescore:
+    if args.rescore:  # a task that cannot be rescored is named and skipped; the others go on
+        refused = []
         for task in config.tasks:
             for k in config.ks:
-                if rescore_task(config, task, k):
-                    print(f"rescored {task} k={k}: eval confusion counts added", flush=True)
+                try:
+                    if rescore_task(config, task, k):
+                        print(f"rescored {task} k={k}: eval confusion counts added", flush=True)
+                except UserError as error:
+                    print(f"not rescored: {error}", file=sys.stderr, flush=True)
+                    refused.append(f"{task} k={k}")
         print(f"report: {write_report(config.results, figures=False)}")
+        if refused:
+            raise UserError(f"not rescored: {', '.join(refused)} (reasons above)")
         return 0
     jobs = study_jobs(config)
     if args.status:

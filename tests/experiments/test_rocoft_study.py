@@ -380,9 +380,16 @@ def test_cli_runs_a_small_study_and_reports_its_status(tmp_path, capsys):
     for entry in recorded["per_seed"]:
         del entry["eval_confusion"]
     results.write_text(json.dumps(recorded))
-    assert run_cli(main, [*argv, "--rescore"]) == 0
-    assert "rescored SST-2 k=16: eval confusion counts added" in capsys.readouterr().out
+    lost = tmp_path / "results" / "RTE-k16" / "results.json"  # a record whose kernel stores are gone
+    lost.parent.mkdir()
+    lost.write_text(json.dumps({**recorded, "task": "RTE"}))
+    at = argv.index("--tasks") + 1
+    assert run_cli(main, [*argv[:at], "rte,sst2", *argv[at + 1:], "--rescore"]) == 2  # RTE named, SST-2 done
+    out, err = capsys.readouterr()
+    assert "rescored SST-2 k=16: eval confusion counts added" in out
+    assert "not rescored: RTE k=16: seeds [13] have no run folder" in err and err.strip().endswith("(reasons above)")
     assert "eval_confusion" in json.loads(results.read_text())["per_seed"][0]
+    assert "eval_confusion" not in json.loads(lost.read_text())["per_seed"][0]
 
 
 def test_committed_readme_tables_regenerate_bit_identically():
