@@ -229,6 +229,31 @@ def status_table(study: dict) -> list[str]:
                    "CPU hours kernels + FT"], rows)
 
 
+def seed_table(study: dict, task: str, k: int) -> list[str]:
+    """One task's numbers seed by seed, the ones its Reading quotes: each kernel's and zero-shot's accuracy
+    (%), λ over the kernel's scale (``lambda_over_scale``; 10 is the grid's top), K_θ's balanced accuracy
+    (``-`` without counts), and each fine-tuning run's accuracy (``-`` where not run yet)."""
+    entry = study.get((task, k))
+    if entry is None or "results" not in entry:
+        raise KeyError(f"{paper_name(task)} k={k} has no combined results.json yet")
+    runs = entry.get("fine_tuning", {}).get("runs", {})
+    names = ["zeroshot", *TABLE_SUBSETS]
+    header = ["seed", *["zero-shot" if n == "zeroshot" else "K_θ" if n == "full" else f"K_{n}" for n in names],
+              *[f"λ/scale {'K_θ' if s == 'full' else 'K_' + s}" for s in TABLE_SUBSETS], "balanced K_θ",
+              *[FINE_TUNING_NAMES[a] for a in FINE_TUNING_LR]]
+    rows = []
+    for record in entry["results"]["per_seed"]:
+        seed = str(record["seed"])
+        confusion = np.array(record["eval_confusion"]["full"]) if "eval_confusion" in record else None
+        balanced = "-" if confusion is None else f"{100 * np.mean(np.diag(confusion) / confusion.sum(1)):.1f}"
+        scales = record.get("lambda_over_scale", {})
+        rows.append([seed, *[f"{100 * record['accuracy'][n]:.1f}" for n in names],
+                     *[f"{scales[s]:g}" if s in scales else "-" for s in TABLE_SUBSETS], balanced,
+                     *[f"{100 * runs[a][seed]['eval_accuracy']:.1f}" if seed in runs.get(a, {}) else "-"
+                       for a in FINE_TUNING_LR]])
+    return _table(header, rows)
+
+
 def report_section(folder: str | Path) -> str:
     """The README's generated part (Markdown), from the files in ``folder`` alone."""
     study = load_study(folder)

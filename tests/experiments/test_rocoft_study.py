@@ -209,6 +209,55 @@ def test_prediction_balance_reads_the_confusion_counts():
     assert prediction_balance_table({})[0] == "No finished task records its counts yet."
 
 
+def test_seed_table_lists_each_seeds_numbers_and_dashes_what_is_missing():
+    from ntk_peft.experiments.rocoft_report import seed_table
+
+    def seed(number, accuracy, confusion=None):
+        record = {"seed": number, "accuracy": {n: accuracy for n in ("zeroshot", "full", "row1", "col1", "lora1")},
+                  "lambda_over_scale": {"full": 10.000000000000002, "row1": 1e-05, "col1": 0.1, "lora1": 1.0}}
+        if confusion is not None:
+            record["eval_confusion"] = {"full": confusion}
+        return record
+
+    study = {("MRPC", 64): {"results": {"per_seed": [seed(13, 0.5, [[1, 3], [0, 4]]), seed(21, 0.625)]},
+                            "fine_tuning": {"runs": {"full": {"13": {"eval_accuracy": 0.75}}}}}}
+    lines = seed_table(study, "MRPC", 64)
+    assert lines[0].startswith("| seed | zero-shot | K_θ | K_row1 | K_col1 | K_lora1 | λ/scale K_θ |")
+    assert lines[2] == "| 13 | 50.0 | 50.0 | 50.0 | 50.0 | 50.0 | 10 | 1e-05 | 0.1 | 1 | 62.5 | 75.0 | - | - |"
+    assert lines[3] == "| 21 | 62.5 | 62.5 | 62.5 | 62.5 | 62.5 | 10 | 1e-05 | 0.1 | 1 | - | - | - | - |"
+    with pytest.raises(KeyError, match="has no combined results.json"):
+        seed_table(study, "RTE", 64)
+
+
+def test_seed_table_of_a_committed_task_matches_its_records():
+    from ntk_peft.experiments.rocoft_report import load_study, seed_table
+
+    study = load_study(COMMITTED)
+    results, runs = study["QQP", 16]["results"], study["QQP", 16]["fine_tuning"]["runs"]
+    lines = seed_table(study, "QQP", 16)
+    assert len(lines) == 2 + len(results["per_seed"])
+    for line, record in zip(lines[2:], results["per_seed"]):
+        cells = line.strip("| ").split(" | ")
+        assert cells[0] == str(record["seed"]) and float(cells[2]) == round(100 * record["accuracy"]["full"], 1)
+        confusion = np.array(record["eval_confusion"]["full"])
+        assert float(cells[10]) == round(100 * np.mean(np.diag(confusion) / confusion.sum(1)), 1)
+        assert float(cells[11]) == round(100 * runs["full"][cells[0]]["eval_accuracy"], 1)
+
+
+def test_figures_script_prints_a_task_seed_by_seed_and_refuses_bad_input(tmp_path):
+    import subprocess
+    import sys
+
+    script = [sys.executable, str(COMMITTED.parents[1] / "figures" / "rocoft_study.py")]
+    shown = subprocess.run([*script, str(COMMITTED), "--seeds", "qqp", "16"], capture_output=True, text=True)
+    assert shown.returncode == 0 and shown.stdout.splitlines()[2].startswith("| 13 | 62.2 |")
+    for argv, message in (([str(tmp_path), "--seeds", "qqp", "16"], "error: QQP k=16 has no combined results.json"),
+                          ([str(COMMITTED), "--seeds", "nope", "16"], "error: unknown task 'nope'"),
+                          ([str(COMMITTED), "--seeds", "qqp", "sixteen"], "error: K is a shot count")):
+        refused = subprocess.run([*script, *argv], capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stderr.startswith(message) and len(refused.stderr.splitlines()) == 1
+
+
 def test_top_of_grid_counts_the_seeds_whose_full_kernel_took_the_largest_lambda():
     seeds = [{"lambda_over_scale": {"full": 10.000000000000002, "row1": 0.1}},
              {"lambda_over_scale": {"full": 1.0, "row1": 10.0}},  # only K_θ counts
