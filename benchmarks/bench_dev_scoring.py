@@ -28,11 +28,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_rocoft_study import _timed, at_classes, padded, workload  # noqa: E402
+from bench_rocoft_study import at_classes, padded, workload  # noqa: E402
+from timing import cost_measure, median_seconds  # noqa: E402
 
 
-def unit_costs(repeats: int, grid: int) -> dict:
-    """Seconds per padded token (per token product for ``pair``), by class count (2 and 5)."""
+def unit_costs(repeats: int, grid: int, measure=median_seconds) -> dict:
+    """Seconds per padded token (per token product for ``pair``), by class count (2 and 5); ``measure(function,
+    repeats)``: seconds of a call (`timing.cost_measure`: timed here, or FLOPs at a rate)."""
     from ntk_peft import load_model
     from ntk_peft.experiments.rocoft_study import TABLE_SUBSETS
     from ntk_peft.ntk import capture, parse_subsets, subset_params
@@ -53,20 +55,21 @@ def unit_costs(repeats: int, grid: int) -> dict:
         train = to_device(make_batch(tok, spec, split.train[:16]), model)
         dev = to_device(make_batch(tok, spec, split.dev[:16]), model)
         subs = {str(s): subset_params(model, s, seed=0) for s in parse_subsets(list(TABLE_SUBSETS))}
-        costs.setdefault("capture", {})[str(classes)] = _timed(lambda: capture(model, dev), repeats) / padded(dev)
+        costs.setdefault("capture", {})[str(classes)] = measure(lambda: capture(model, dev), repeats) / padded(dev)
         cap_t, cap_d = capture(model, train), capture(model, dev)
         with torch.no_grad():
-            pair = _timed(lambda: [fast_kernel(model, s, cap_d, cap_t) for s in subs.values()], repeats)
+            pair = measure(lambda: [fast_kernel(model, s, cap_d, cap_t) for s in subs.values()], repeats)
         costs.setdefault("pair", {})[str(classes)] = pair / (padded(train) * padded(dev))
         weights = {n: torch.randn(16, classes, grid, generator=torch.Generator().manual_seed(0)) for n in subs}
         directions = recorded_directions(model, subs, [train], weights, record=lambda batch: cap_t)
-        costs.setdefault("directions", {})[str(classes)] = _timed(
+        costs.setdefault("directions", {})[str(classes)] = measure(
             lambda: recorded_directions(model, subs, [train], weights, record=lambda batch: cap_t), repeats) \
             / padded(train)
         with torch.no_grad():
-            costs.setdefault("projection", {})[str(classes)] = _timed(
+            costs.setdefault("projection", {})[str(classes)] = measure(
                 lambda: [project_directions(model, s, cap_d, directions[n]) for n, s in subs.items()], repeats) \
                 / padded(dev)
+        cap_t = cap_d = directions = None  # SST-2's records go before SST-5's are made: half the peak memory
     return {"device": str(device), "threads": torch.get_num_threads(), "grid": grid, "by_classes": costs}
 
 
@@ -88,8 +91,12 @@ def main() -> None:
     parser.add_argument("--ks", default="16,64")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--flops-at", type=float, default=None, metavar="FLOP/S",
+                        help="count each unit's FLOPs instead of timing it, taken at this rate (a device's floor)")
     args = parser.parse_args()
-    costs = unit_costs(args.repeats, len(LAMBDA_GRID))
+    costs = unit_costs(args.repeats, len(LAMBDA_GRID), cost_measure(args.flops_at))
+    if args.flops_at is not None:
+        costs = {**costs, "device": f"FLOP count at {args.flops_at:.3g} FLOP/s (a floor)", "flops_at": args.flops_at}
     print(json.dumps(costs), flush=True)
     _, tok = load_model("smollm2-135m")
     rows = []

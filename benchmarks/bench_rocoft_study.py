@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import median_seconds
+from timing import cost_measure, median_seconds
 
 SEEDS = 5
 
@@ -62,10 +62,11 @@ def padded(batch: dict) -> int:
     return int(batch["attention_mask"].numel())
 
 
-def unit_costs(repeats: int) -> dict:
+def unit_costs(repeats: int, measure=median_seconds) -> dict:
     """Seconds per padded token (per token product for ``pair``): ``by_classes`` (rate -> C -> seconds) for
     the costs that grow with the classes, measured on an SST-2 and an SST-5 block; ``rates`` for the rest
-    (forward passes, fine-tuning steps), averaged over the two."""
+    (forward passes, fine-tuning steps), averaged over the two. ``measure(function, repeats)``: seconds of a
+    call (`timing.cost_measure`: timed here, or FLOPs at a rate)."""
     from ntk_peft import load_model
     from ntk_peft.experiments.compare import wanda_calibration
     from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, TABLE_SUBSETS
@@ -91,7 +92,7 @@ def unit_costs(repeats: int) -> dict:
         groups = {"table": TABLE_SUBSETS, "ablation": ABLATION_SUBSETS}
         left = to_device(make_batch(tok, spec, split.train[:16]), model)
         right = to_device(make_batch(tok, spec, split.eval[:16]), model)
-        by_classes.setdefault("capture", {})[classes] = median_seconds(lambda: capture(model, right), repeats) / padded(right)
+        by_classes.setdefault("capture", {})[classes] = measure(lambda: capture(model, right), repeats) / padded(right)
         cap_l, cap_r = capture(model, left), capture(model, right)
         train = [to_device(make_batch(tok, spec, split.train[i:i + 16]), model) for i in range(0, len(split.train), 16)]
         weights = torch.randn(len(split.train), len(spec.labels), 1, generator=torch.Generator().manual_seed(0))
@@ -99,28 +100,29 @@ def unit_costs(repeats: int) -> dict:
         for group, group_names in groups.items():
             subsets = [subset_params(model, s, seed=0, calibration=calibration) for s in parse_subsets(group_names)]
             with torch.no_grad():
-                pair_s = median_seconds(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
+                pair_s = measure(lambda: [fast_kernel(model, s, cap_l, cap_r) for s in subsets], repeats)
             by_classes.setdefault(f"pair_{group}", {})[classes] = pair_s / (padded(left) * padded(right))
             directions = [subset_directions(s, train, weights) for s in subsets]
             rates.setdefault(f"directions_{group}", []).append(
-                median_seconds(lambda: [subset_directions(s, train, weights) for s in subsets], 1)
+                measure(lambda: [subset_directions(s, train, weights) for s in subsets], 1)
                 / sum(padded(b) for b in train))
             seeds = [{k: v.repeat(SEEDS, *([1] * (v.dim() - 1))) for k, v in d.items()} for d in directions]
             with torch.no_grad():
-                by_classes.setdefault(f"projection_{group}", {})[classes] = median_seconds(
+                by_classes.setdefault(f"projection_{group}", {})[classes] = measure(
                     lambda: [project_directions(model, s, cap_r, d) for s, d in zip(subsets, seeds)], repeats) \
                     / padded(right)
         with torch.no_grad():
-            rates.setdefault("forward", []).append(median_seconds(lambda: label_logits(model, right), repeats) / padded(right))
+            rates.setdefault("forward", []).append(measure(lambda: label_logits(model, right), repeats) / padded(right))
         batch = to_device(make_batch(tok, spec, split.train[:8]), model)
         for adapter in ("full", "lora1", "row1"):
-            rates.setdefault(f"step_{adapter}", []).append(_step_seconds(adapter, batch, device, repeats)
+            rates.setdefault(f"step_{adapter}", []).append(_step_seconds(adapter, batch, device, repeats, measure)
                                                            / padded(batch))
+        cap_l = cap_r = directions = seeds = None  # SST-2's records go before SST-5's are made
     return {"device": str(device), "threads": torch.get_num_threads(), "by_classes": by_classes,
             "rates": {k: float(np.mean(v)) for k, v in rates.items()}}
 
 
-def _step_seconds(adapter: str, batch: dict, device: torch.device, repeats: int) -> float:
+def _step_seconds(adapter: str, batch: dict, device: torch.device, repeats: int, measure=median_seconds) -> float:
     """One AdamW fine-tuning step (forward, backward, update) of ``adapter`` on a fresh SmolLM2."""
     from ntk_peft import load_model
     from ntk_peft.adapters import apply_adapter
@@ -140,7 +142,7 @@ def _step_seconds(adapter: str, batch: dict, device: torch.device, repeats: int)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    return median_seconds(step, repeats)
+    return measure(step, repeats)
 
 
 def workload(tok, task: str, k: int, max_eval: int | None = 1000, model=None) -> dict:
@@ -284,14 +286,19 @@ def main() -> None:
     parser.add_argument("--dev-costs", type=Path, default=None,
                         help="bench_dev_scoring.py --json output: project λ's dev predictions by projections (the "
                              "study's default) instead of dev x train kernels")
+    parser.add_argument("--flops-at", type=float, default=None, metavar="FLOP/S",
+                        help="count each unit's FLOPs instead of timing it, taken at this rate: the floor of a device "
+                             "that sustains it (e.g. 6.7e13, an H100 SXM's FP32 peak)")
     args = parser.parse_args()
     if args.costs is not None:
         saved = json.loads(args.costs.read_text())
         if "by_classes" not in saved:
             raise SystemExit(f"{args.costs}: unit costs of an older benchmark (not by classes); measure them again")
-        costs = {key: saved[key] for key in ("device", "threads", "by_classes", "rates")}
+        costs = {key: saved[key] for key in ("device", "threads", "by_classes", "rates", "flops_at") if key in saved}
     else:
-        costs = unit_costs(args.repeats)
+        costs = unit_costs(args.repeats, cost_measure(args.flops_at))
+        if args.flops_at is not None:
+            costs = {**costs, "device": f"FLOP count at {args.flops_at:.3g} FLOP/s (a floor)", "flops_at": args.flops_at}
     print(json.dumps(costs), flush=True)
     dev_costs = json.loads(args.dev_costs.read_text())["by_classes"] if args.dev_costs is not None else None
     mode = "projections" if dev_costs else "kernels"  # how λ's dev predictions are projected
@@ -329,7 +336,8 @@ def main() -> None:
                      f"{row['recorded_over_projected_seed_jobs']:.2f})" if "recorded_over_projected" in row else "")
                   + (f"  (recorded with dev predictions by {row['recorded_dev_predictions']}: not compared)"
                      if "recorded_kernels_s" in row and "recorded_over_projected" not in row else ""), flush=True)
-    print(f"whole study on {costs['device']}: {total / 3600:.1f} h")
+    print(f"whole study on {costs['device']}: {total / 3600:.2f} h"
+          + (f" ({total * costs['flops_at']:.3g} FLOPs counted)" if "flops_at" in costs else ""))
     left = {}
     if args.left is not None:
         required = [r for r in rows if r["k"] == 16 or r["task"] in SINGLE_TASKS]  # the issue's done-when cells

@@ -25,3 +25,36 @@ def median_seconds(function, repeats: int, warmup: bool = True) -> float:
         synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+class _GlobalOnly:
+    """Stands in for `FlopCounterMode`'s per-module tracker, whose backward hooks `torch.autograd.grad` on
+    leaf inputs (as `ntk_peft.ntk.capture` runs it) refuses; every count goes to the total alone."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def counted_flops(function) -> int:
+    """Floating-point operations of one call of ``function()`` as `torch.utils.flop_counter` counts them:
+    matrix products, convolutions and attention (forward and backward), not elementwise work."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        function()
+    return counter.get_total_flops()
+
+
+def cost_measure(flops_at: float | None):
+    """``measure(function, repeats) -> seconds``: `median_seconds` on this device, or with ``flops_at`` (FLOP/s)
+    the call's `counted_flops` at that rate, the floor of any device that sustains it (run once, not timed)."""
+    if flops_at is None:
+        return median_seconds
+    return lambda function, repeats: counted_flops(function) / flops_at
