@@ -42,11 +42,18 @@ class _GlobalOnly:
 
 def counted_flops(function) -> int:
     """Floating-point operations of one call of ``function()`` as `torch.utils.flop_counter` counts them:
-    matrix products, convolutions and attention (forward and backward), not elementwise work."""
+    matrix products, convolutions and attention (forward and backward; the CPU's fused attention too), not
+    elementwise work."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _GlobalOnly()
+    # the CPU's fused attention is not in torch's table: count it as the CUDA flash kernel's same products
+    aten = torch.ops.aten
+    counter.flop_registry.setdefault(aten._scaled_dot_product_flash_attention_for_cpu,
+                                     counter.flop_registry[aten._scaled_dot_product_flash_attention])
+    counter.flop_registry.setdefault(aten._scaled_dot_product_flash_attention_for_cpu_backward,
+                                     counter.flop_registry[aten._scaled_dot_product_flash_attention_backward])
     with counter:
         function()
     return counter.get_total_flops()

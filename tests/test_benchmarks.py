@@ -21,3 +21,24 @@ def test_counted_flops_of_products_forward_and_backward():
         torch.autograd.grad(layer(x).sum(), x)
     assert counted_flops(input_gradient) == 2 * (2 * 5 * 3 * 4)
     assert cost_measure(1e3)(lambda: a @ b, 5) == 48 / 1e3  # FLOPs at 1000 FLOP/s, counted once
+
+
+def test_fused_cpu_attention_counts_as_its_products():
+    q, k, v = (torch.randn(2, 3, 5, 4, requires_grad=True) for _ in range(3))  # batch, heads, tokens, head dim
+    mask = torch.ones(5, 5, dtype=torch.bool).tril()
+
+    def attention(function):
+        def run():
+            out = function(q, k, v, mask)
+            torch.autograd.grad(out.sum(), (q, k, v))
+        return run
+
+    def by_products(q, k, v, mask):  # the same attention as explicit products (what eager attention runs)
+        scores = (q @ k.transpose(-1, -2) / 2).masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1) @ v
+
+    fused = counted_flops(attention(lambda q, k, v, mask: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask)))
+    recomputed_scores = 2 * 2 * 3 * 5 * 5 * 4  # flash's backward forms q·kᵀ again: torch's table counts it
+    assert fused == counted_flops(attention(by_products)) + recomputed_scores
+    assert counted_flops(attention(by_products)) == 6 * (2 * 2 * 3 * 5 * 5 * 4)  # 2 products forward, 4 backward
