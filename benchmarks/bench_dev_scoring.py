@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_rocoft_study import at_classes, padded, workload  # noqa: E402
-from timing import cost_measure, median_seconds  # noqa: E402
+from timing import cost_measure, floor_label, median_seconds  # noqa: E402
 
 
 def unit_costs(repeats: int, grid: int, measure=median_seconds) -> dict:
@@ -94,9 +94,7 @@ def main() -> None:
     parser.add_argument("--flops-at", type=float, default=None, metavar="FLOP/S",
                         help="count each unit's FLOPs instead of timing it, taken at this rate (a device's floor)")
     args = parser.parse_args()
-    costs = unit_costs(args.repeats, len(LAMBDA_GRID), cost_measure(args.flops_at))
-    if args.flops_at is not None:
-        costs = {**costs, "device": f"FLOP count at {args.flops_at:.3g} FLOP/s (a floor)", "flops_at": args.flops_at}
+    costs = {**unit_costs(args.repeats, len(LAMBDA_GRID), cost_measure(args.flops_at)), **floor_label(args.flops_at)}
     print(json.dumps(costs), flush=True)
     _, tok = load_model("smollm2-135m")
     rows = []

@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import cost_measure, median_seconds
+from timing import cost_measure, floor_label, median_seconds
 
 SEEDS = 5
 
@@ -296,9 +296,7 @@ def main() -> None:
             raise SystemExit(f"{args.costs}: unit costs of an older benchmark (not by classes); measure them again")
         costs = {key: saved[key] for key in ("device", "threads", "by_classes", "rates", "flops_at") if key in saved}
     else:
-        costs = unit_costs(args.repeats, cost_measure(args.flops_at))
-        if args.flops_at is not None:
-            costs = {**costs, "device": f"FLOP count at {args.flops_at:.3g} FLOP/s (a floor)", "flops_at": args.flops_at}
+        costs = {**unit_costs(args.repeats, cost_measure(args.flops_at)), **floor_label(args.flops_at)}
     print(json.dumps(costs), flush=True)
     dev_costs = json.loads(args.dev_costs.read_text())["by_classes"] if args.dev_costs is not None else None
     mode = "projections" if dev_costs else "kernels"  # how λ's dev predictions are projected

@@ -65,3 +65,10 @@ def cost_measure(flops_at: float | None):
     if flops_at is None:
         return median_seconds
     return lambda function, repeats: counted_flops(function) / flops_at
+
+
+def floor_label(flops_at: float | None) -> dict:
+    """What a FLOP-count run adds to its unit costs' record (``device`` says it is a floor), or nothing."""
+    if flops_at is None:
+        return {}
+    return {"device": f"FLOP count at {flops_at:.3g} FLOP/s (a floor)", "flops_at": flops_at}

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ntk_peft.errors import UserError
 from ntk_peft.experiments.rocoft_report import load_study, seed_table, write_report
 from ntk_peft.tasks import get_task
 
@@ -25,9 +26,9 @@ if __name__ == "__main__":
     else:
         try:
             if not args.seeds[1].isdigit():
-                raise ValueError(f"K is a shot count such as 16 or 64, got {args.seeds[1]!r}")
+                raise UserError(f"K is a shot count such as 16 or 64, got {args.seeds[1]!r}")
             task, k = get_task(args.seeds[0]).name, int(args.seeds[1])
             print("\n".join(seed_table(load_study(args.results), task, k)))
-        except (KeyError, ValueError) as error:
-            print(f"error: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
             sys.exit(2)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ntk_peft.errors import UserError
 from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS, TABLE5, TABLE6, paper_name
 from ntk_peft.experiments.rocoft_study import ABLATION_SUBSETS, FINE_TUNING_LR, TABLE_SUBSETS
 from ntk_peft.io import write_text
@@ -48,6 +49,12 @@ def load_study(folder: str | Path) -> dict[tuple[str, int], dict]:
 def _mean_std(values: list[float], scale: float, digits: int) -> str:
     std = float(np.std(values)) if len(values) > 1 else 0.0
     return f"{np.mean(values) * scale:.{digits}f} ({std * scale:.{digits}f})"
+
+
+def balanced_accuracy(confusion) -> float:
+    """Mean per-class recall of C x C counts (rows: the true class, columns: the predicted one)."""
+    confusion = np.asarray(confusion)
+    return float(np.mean(np.diag(confusion) / confusion.sum(1)))
 
 
 def _seeds_note(count: int, expected: int) -> str:
@@ -167,7 +174,7 @@ def prediction_balance_table(study: dict) -> list[str]:
             def balanced(name: str) -> str:
                 if name not in counts:
                     return "-"
-                return _mean_std([float(np.mean(np.diag(c) / c.sum(1))) for c in counts[name]], 100, 1)
+                return _mean_std([balanced_accuracy(c) for c in counts[name]], 100, 1)
 
             label = get_task(task).labels[largest]
             rows.append([paper_name(task), str(k), f"{label} ({100 * truth[largest] / truth.sum():.1f})",
@@ -235,7 +242,7 @@ def seed_table(study: dict, task: str, k: int) -> list[str]:
     (``-`` without counts), and each fine-tuning run's accuracy (``-`` where not run yet)."""
     entry = study.get((task, k))
     if entry is None or "results" not in entry:
-        raise KeyError(f"{paper_name(task)} k={k} has no combined results.json yet")
+        raise UserError(f"{paper_name(task)} k={k} has no combined results.json yet")
     runs = entry.get("fine_tuning", {}).get("runs", {})
     names = ["zeroshot", *TABLE_SUBSETS]
     header = ["seed", *["zero-shot" if n == "zeroshot" else "K_θ" if n == "full" else f"K_{n}" for n in names],
@@ -244,8 +251,8 @@ def seed_table(study: dict, task: str, k: int) -> list[str]:
     rows = []
     for record in entry["results"]["per_seed"]:
         seed = str(record["seed"])
-        confusion = np.array(record["eval_confusion"]["full"]) if "eval_confusion" in record else None
-        balanced = "-" if confusion is None else f"{100 * np.mean(np.diag(confusion) / confusion.sum(1)):.1f}"
+        balanced = (f"{100 * balanced_accuracy(record['eval_confusion']['full']):.1f}" if "eval_confusion" in record
+                    else "-")
         scales = record.get("lambda_over_scale", {})
         rows.append([seed, *[f"{100 * record['accuracy'][n]:.1f}" for n in names],
                      *[f"{scales[s]:g}" if s in scales else "-" for s in TABLE_SUBSETS], balanced,
