@@ -12,9 +12,10 @@
   [--bounds DIR]``: every figure of the toolkit from results folders, computing what is missing
   (see `ntk_peft.experiments.figures`).
 - ``ntk-peft study rocoft [--tasks all|single|pair|T,T] [--k 16,64] [--seeds ...] [--fine-tune full,lora1,row1|none]
-  [--status | --report | --rescore]``: RoCoFT's tables 5 and 6 as a resumable queue of ntk-compare and fine-tuning
-  runs (torchrun shares it over ranks), results and README under results/rocoft-smollm2
-  (see `ntk_peft.experiments.rocoft_study`).
+  [--time-limit 2h40m] [--status | --report | --rescore]``: RoCoFT's tables 5 and 6 as a resumable queue of
+  ntk-compare and fine-tuning runs (torchrun shares it over ranks), results and README under
+  results/rocoft-smollm2 (see `ntk_peft.experiments.rocoft_study`); with a time limit only the jobs expected
+  to finish in it start (`ntk_peft.experiments.study_clock`).
 - ``ntk-peft prepare-model [--model M]``: load (and for SmolLM2, convert once)
   a model, so later runs start fast.
 - ``ntk-peft bounds [--layers 0,15,29] [--types q,k,v,o,gate,up,down] [--run DIR ...]
@@ -160,6 +161,14 @@ def build_parser() -> Parser:
     rocoft.add_argument("--capture-gib", type=positive_float, default=4.0,
                         help="memory for recorded blocks held beyond the two in use, GiB (default 4): more "
                              "records each train block fewer times, same kernels")
+    rocoft.add_argument("--time-limit", default=None, metavar="DURATION",
+                        help="start a job only if it is expected to finish within this time from the command's "
+                             "start (2h40m, 90m, 02:40; a bare number is minutes), then stop: for batch "
+                             "allocations and machines whose run folders are lost when they end")
+    rocoft.add_argument("--job-costs", default=None, metavar="FILE",
+                        help="with --time-limit: the projection the jobs' times come from, "
+                             "benchmarks/bench_rocoft_study.py --json output (default "
+                             "RESULTS/bench_study_cpu_dev_projections.json), scaled by the jobs run so far")
     what = rocoft.add_mutually_exclusive_group()
     what.add_argument("--status", action="store_true", help="list the queue and what is done; run nothing")
     what.add_argument("--report", action="store_true",
@@ -372,6 +381,7 @@ def _study(args) -> int:
         run_study,
         study_jobs,
     )
+    from ntk_peft.experiments.study_clock import StudyClock, load_projection, parse_duration
     from ntk_peft.ntk import distributed
 
     if args.max_eval < 0:
@@ -384,6 +394,13 @@ def _study(args) -> int:
                          capture_memory=int(args.capture_gib * (1 << 30)))
     if min(config.ks) < 1:
         raise UserError(f"--k takes positive integers, got {args.k}")
+    clock = None
+    if args.time_limit is not None:  # the limit counts from here, the command's start
+        limit = parse_duration(args.time_limit)
+        costs = Path(args.job_costs) if args.job_costs else config.results / "bench_study_cpu_dev_projections.json"
+        clock = StudyClock(limit, load_projection(costs), seeds=len(config.seeds))
+    elif args.job_costs is not None:
+        raise UserError("--job-costs goes with --time-limit (the projection times the jobs against the limit)")
     check_output_dir(config.results)
     if args.report:
         print(f"report: {write_report(config.results)}")
@@ -419,7 +436,7 @@ def _study(args) -> int:
     main = distributed.is_main()  # asked before the process group ends
     finished = False
     try:
-        done = run_study(config, after_each=lambda jobs: write_report(  # the tables; a kernel job's figures
+        done = run_study(config, clock=clock, after_each=lambda jobs: write_report(  # tables; a kernel job's figures
             config.results, figures={j.folder for j in jobs if j.kind in ("kernels", "evaluate")}))
         finished = True
     finally:

@@ -54,6 +54,7 @@ from ntk_peft.errors import UserError
 from ntk_peft.experiments.compare import DEFAULT_SEEDS, run_compare
 from ntk_peft.experiments.dev_projections import DEV_PREDICTIONS
 from ntk_peft.experiments.rocoft_paper import PAIR_TASKS, SINGLE_TASKS
+from ntk_peft.experiments.study_clock import StudyClock, format_minutes
 from ntk_peft.io import write_json
 from ntk_peft.ntk import distributed
 from ntk_peft.ntk.blocked import DEFAULT_CACHE_BYTES
@@ -458,38 +459,83 @@ def record_fine_tuning(job: StudyJob, config: StudyConfig, metrics: dict) -> Non
     write_json(path, record)
 
 
-def run_study(config: StudyConfig, progress: bool = True, after_each=None) -> list[StudyJob]:
+def run_study(config: StudyConfig, progress: bool = True, after_each=None,
+              clock: StudyClock | None = None) -> list[StudyJob]:
     """Run every job not done yet, in queue order; returns the jobs run.
 
     Consecutive fine-tuning jobs go out together (one per rank under torchrun). ``after_each(job)``
     runs on rank 0 after each kernel job and each group of fine-tuning jobs (the report is redrawn there).
+    With a ``clock`` (`ntk_peft.experiments.study_clock`) a job starts only if it is expected to finish in
+    the time left: the first such job in queue order runs next, and the study stops when none fits.
     """
     config.results.mkdir(parents=True, exist_ok=True)
     pending = [job for job in study_jobs(config) if not job_done(job, config)]
     pending = distributed.broadcast(pending)
+    if clock is not None:
+        clock.check_rows(pending)
     done: list[StudyJob] = []
-    position = 0
-    while position < len(pending):
-        job = pending[position]
+    total = len(pending)
+    while pending:
+        picked = distributed.broadcast(_next_group(pending, config, clock) if distributed.is_main() else None)
+        if not picked:
+            break
+        group = [pending[i] for i in picked]
+        pending = [job for i, job in enumerate(pending) if i not in picked]
+        job = group[0]
         started = time.perf_counter()
+        if distributed.is_main():
+            expected = "" if clock is None else (
+                f" (expected {format_minutes(clock.expected(job, _unscored(job, config)))}, "
+                f"{format_minutes(clock.left())} left)")
+            print(f"[{len(done) + 1}/{total}] " + "; ".join(j.describe() for j in group) + expected, flush=True)
+        projected = None if clock is None else clock.projected(job, _unscored(job, config))
         if job.kind != "train":
-            group = [job]
-            if distributed.is_main():
-                print(f"[{len(done) + 1}/{len(pending)}] {job.describe()}", flush=True)
             run_kernels(job, config, progress)
         else:
-            group = []
-            while position + len(group) < len(pending) and pending[position + len(group)].kind == "train":
-                group.append(pending[position + len(group)])
-                if len(group) == distributed.world_size():
-                    break
-            if distributed.is_main():
-                print(f"[{len(done) + 1}/{len(pending)}] " + "; ".join(j.describe() for j in group), flush=True)
             run_training(group, config, progress)
-        position += len(group)
         done += group
+        seconds = time.perf_counter() - started
+        if clock is not None:
+            clock.record(group, projected, seconds)
         if distributed.is_main():
-            print(f"    done in {time.perf_counter() - started:.0f} s", flush=True)
+            print(f"    done in {seconds:.0f} s", flush=True)
             if after_each is not None:
                 after_each(group)
     return done
+
+
+def _unscored(job: StudyJob, config: StudyConfig) -> int:
+    """Seeds a task's evaluation job still scores (those without a record)."""
+    if job.kind != "evaluate":
+        return len(config.seeds)
+    return len(config.seeds) - len(recorded_seeds(config, job.task, job.k))
+
+
+def _next_group(pending: list[StudyJob], config: StudyConfig, clock: StudyClock | None) -> list[int]:
+    """Positions in ``pending`` of the jobs to run next: the first job (with a clock, the first that fits
+    the time left) and, if it fine-tunes, the fine-tuning jobs after it that fit, one per rank. Empty,
+    with the reason printed, when nothing fits."""
+    def needed(job: StudyJob) -> float:
+        evaluation = StudyJob("evaluate", job.task, job.k) if job.kind == "fit" else job
+        return clock.needed(job, pending, _unscored(evaluation, config))
+
+    def fits(position: int) -> bool:
+        return clock is None or needed(pending[position]) <= clock.left()
+
+    first = next((i for i in range(len(pending)) if fits(i)), None)
+    if first is None:
+        job = pending[0]
+        seconds = needed(job)
+        whole = (" (more than the whole limit" + ("; --kernel-jobs seed records each seed on its own)"
+                                                  if job.kind == "fit" else ")")) if seconds > clock.limit_s else ""
+        print(f"time limit: stopping with {len(pending)} jobs left; the next, {job.describe()}, needs about "
+              f"{format_minutes(seconds)}{whole}, {format_minutes(max(clock.left(), 0))} left", flush=True)
+        return []
+    group = [first]
+    if pending[first].kind == "train":
+        for position in range(first + 1, len(pending)):
+            if len(group) == distributed.world_size() or pending[position].kind != "train":
+                break
+            if fits(position):
+                group.append(position)
+    return group
