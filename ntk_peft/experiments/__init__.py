@@ -6,8 +6,10 @@ from ntk_peft.experiments.projections import score_with_projections
 from ntk_peft.experiments.rocoft_report import report_section, write_report
 from ntk_peft.experiments.rocoft_study import StudyConfig, run_study, study_jobs
 from ntk_peft.experiments.rocoft_tables import rocoft_table
+from ntk_peft.experiments.study_clock import StudyClock
 
 __all__ = [
-    "StudyConfig", "compare_subsets", "default_out", "fit_seed", "format_table", "report_section", "rocoft_table",
-    "run_compare", "run_study", "score_with_kernels", "score_with_projections", "study_jobs", "write_report",
+    "StudyClock", "StudyConfig", "compare_subsets", "default_out", "fit_seed", "format_table", "report_section",
+    "rocoft_table", "run_compare", "run_study", "score_with_kernels", "score_with_projections", "study_jobs",
+    "write_report",
 ]
