@@ -488,7 +488,7 @@ def run_study(config: StudyConfig, progress: bool = True, after_each=None,
                 f" (expected {format_minutes(clock.expected(job, _unscored(job, config)))}, "
                 f"{format_minutes(clock.left())} left)")
             print(f"[{len(done) + 1}/{total}] " + "; ".join(j.describe() for j in group) + expected, flush=True)
-        projected = None if clock is None else clock.projected(job, _unscored(job, config))
+        projected = None if clock is None else max(clock.projected(j, _unscored(j, config)) for j in group)
         if job.kind != "train":
             run_kernels(job, config, progress)
         else:
