@@ -253,18 +253,18 @@ def project(work: dict, costs: dict, ablation: bool, epochs: int = 10, dev_costs
 
 def left_in_study(row: dict, folder: Path) -> dict:
     """Projected seconds left of the row's task and k in the study results ``folder``, job by job as
-    ``--kernel-jobs split`` runs them: ``{"kernels": ..., "fine_tuning": ...}``."""
+    ``--kernel-jobs split`` runs them (`study_clock.projected_seconds`, the time limit's own estimate):
+    ``{"kernels": ..., "fine_tuning": ...}``."""
     from ntk_peft.experiments.rocoft_study import StudyConfig, job_done, recorded_seeds, study_jobs
+    from ntk_peft.experiments.study_clock import projected_seconds
 
     config = StudyConfig(tasks=[row["task"]], ks=[row["k"]], results=folder, kernel_jobs="split")
     pending = [job for job in study_jobs(config) if not job_done(job, config)]
-    fits = sum(job.kind == "fit" for job in pending)
     unscored = SEEDS - len(recorded_seeds(config, row["task"], row["k"]))  # seeds the evaluation job still scores
-    kernels = fits * row["kernels_per_seed_s"]
-    if any(job.kind == "evaluate" for job in pending):
-        kernels += row["evaluation_s"]["capture"] + row["evaluation_s"]["projection"] * unscored / SEEDS
-    tuning = sum(row["fine_tuning_run_s"][job.adapter] for job in pending if job.kind == "train")
-    return {"kernels": kernels, "fine_tuning": tuning}
+    seconds = {"kernels": 0.0, "fine_tuning": 0.0}
+    for job in pending:
+        seconds["fine_tuning" if job.kind == "train" else "kernels"] += projected_seconds(job, row, SEEDS, unscored)
+    return seconds
 
 
 def main() -> None:
