@@ -248,6 +248,31 @@ def train_config(job: StudyJob, config: StudyConfig):
 
 # ---- running the jobs ------------------------------------------------------------------------------------------
 
+
+def kernel_folder(job: StudyJob, config: StudyConfig) -> Path:
+    """The ntk-compare output folder of a kernel job: ``split/`` holds every seed's stores where the task's
+    evaluation job reads them back; a one-seed job's stores (and projections) are its own."""
+    out = config.runs / "kernels" / job.folder
+    if job.kind in ("fit", "evaluate"):
+        return out / "split"
+    return out if job.seed is None else out / f"seed-{job.seed}-job"
+
+
+def resumes_stored_work(job: StudyJob, config: StudyConfig) -> bool:
+    """Whether a job starts from work a stopped run left behind (kernel blocks, evaluation projections,
+    a fine-tuning checkpoint), so that its seconds cover only part of it."""
+    if job.kind == "train":
+        return (Path(train_config(job, config).out) / "checkpoint.pt").is_file()
+    out = kernel_folder(job, config)
+    if job.kind == "fit":
+        places = [out / f"seed-{job.seed}" / "blocks"]
+    elif job.kind == "evaluate":
+        places = [out / "eval-projections"]
+    else:
+        places = [*out.glob("seed-*/blocks"), out / "eval-projections"]
+    return any(place.is_dir() and any(place.iterdir()) for place in places)
+
+
 def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> None:
     """One task's ntk-compare run (or one seed's), then its results and figure data into the results
     folder (rank 0); a seed's record waits in ``kernel-seeds/`` until every seed has one. A fitting job
@@ -255,11 +280,7 @@ def run_kernels(job: StudyJob, config: StudyConfig, progress: bool = True) -> No
     if job.kind == "evaluate":
         run_evaluation(job, config, progress)
         return
-    out = config.runs / "kernels" / job.folder
-    if job.kind == "fit":
-        out = out / "split"  # every seed's store where the task's evaluation job reads them back
-    elif job.seed is not None:
-        out = out / f"seed-{job.seed}-job"  # the stores of a one-seed run (its projections are its own)
+    out = kernel_folder(job, config)
     results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model,
                           seeds=config.seeds if job.seed is None else [job.seed], calibration_seed=config.seeds[0],
                           max_eval=config.max_eval, out=out, data_dir=config.data_dir, block_size=config.block_size,
@@ -304,7 +325,7 @@ def run_evaluation(job: StudyJob, config: StudyConfig, progress: bool = True) ->
         if distributed.is_main():
             combine_seed_records(config, job.task, job.k)
         return
-    out = config.runs / "kernels" / job.folder / "split"
+    out = kernel_folder(job, config)
     results = run_compare(job.task, config.subsets(job.k), k=job.k, model_name=config.model, seeds=seeds,
                           calibration_seed=config.seeds[0], max_eval=config.max_eval, out=out,
                           data_dir=config.data_dir, block_size=config.block_size, progress=progress,
@@ -466,7 +487,8 @@ def run_study(config: StudyConfig, progress: bool = True, after_each=None,
     Consecutive fine-tuning jobs go out together (one per rank under torchrun). ``after_each(job)``
     runs on rank 0 after each kernel job and each group of fine-tuning jobs (the report is redrawn there).
     With a ``clock`` (`ntk_peft.experiments.study_clock`) a job starts only if it is expected to finish in
-    the time left: the first such job in queue order runs next, and the study stops when none fits.
+    the time left: the first such job in queue order runs next, and the study stops when none fits. A job
+    that resumes stored work is expected to take its whole projection and does not scale the others.
     """
     config.results.mkdir(parents=True, exist_ok=True)
     pending = [job for job in study_jobs(config) if not job_done(job, config)]
@@ -483,10 +505,11 @@ def run_study(config: StudyConfig, progress: bool = True, after_each=None,
         pending = [job for i, job in enumerate(pending) if i not in picked]
         job = group[0]
         started = time.perf_counter()
+        resumed = clock is not None and any(resumes_stored_work(j, config) for j in group)
         if distributed.is_main():
             expected = "" if clock is None else (
-                f" (expected {format_minutes(clock.expected(job, _unscored(job, config)))}, "
-                f"{format_minutes(clock.left())} left)")
+                f" ({'resuming, at most' if resumed else 'expected'} "
+                f"{format_minutes(clock.expected(job, _unscored(job, config)))}, {format_minutes(clock.left())} left)")
             print(f"[{len(done) + 1}/{total}] " + "; ".join(j.describe() for j in group) + expected, flush=True)
         projected = None if clock is None else max(clock.projected(j, _unscored(j, config)) for j in group)
         if job.kind != "train":
@@ -495,7 +518,7 @@ def run_study(config: StudyConfig, progress: bool = True, after_each=None,
             run_training(group, config, progress)
         done += group
         seconds = time.perf_counter() - started
-        if clock is not None:
+        if clock is not None and not resumed:  # a resumed job's seconds would understate the next ones
             clock.record(group, projected, seconds)
         if distributed.is_main():
             print(f"    done in {seconds:.0f} s", flush=True)

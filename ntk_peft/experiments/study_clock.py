@@ -5,7 +5,8 @@ session whose run folders are gone when it ends.
 left, so no job is cut off at the end with its work lost. Each pending job's seconds come from the
 projection of ``benchmarks/bench_rocoft_study.py --json`` (one row per task and k: a seed's kernels,
 an evaluation pass, a fine-tuning run per adapter), scaled by how long the jobs run so far took against
-their projections (fine-tuning and kernels apart). The queue runs, in its order, the first job whose
+their projections (fine-tuning and kernels apart; a job that resumed a stopped run's stored work is left
+out, its seconds covering only part of it). The queue runs, in its order, the first job whose
 expected time fits, and stops when none does.
 
 A fitting job (``--kernel-jobs split``) counts its task's fits left and the evaluation after them: a

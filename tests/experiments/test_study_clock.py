@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,40 @@ def test_cli_time_limit_errors_are_one_line(tmp_path, capsys):
         assert run_cli(main, [*argv, *extra]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_a_job_resuming_stored_work_does_not_scale_the_others(tmp_path, fake_jobs, capsys):
+    """Seed 13's kernel job finds blocks a stopped run left: it is expected to take its whole projection,
+    says it resumes, and its (short) seconds are not taken as the kernels' pace; seed 21's are."""
+    fake, ran, slowness = fake_jobs
+    slowness["kernels"] = 0.5
+    config = _study(tmp_path, "seed", [])
+    stopped = rocoft_study.kernel_folder(StudyJob("kernels", "mr", 64, seed=13), config) / "seed-13" / "blocks"
+    stopped.mkdir(parents=True)
+    (stopped / "train-0-0.safetensors").write_bytes(b"")
+    clock = StudyClock(400.0, {("mr", 64): ROW}, seeds=2)
+    done = run_study(config, progress=False, clock=clock)
+    assert [j.describe() for j in done] == ["kernels mr k=64 seed 13", "kernels mr k=64 seed 21"]
+    assert clock.ratios == {"kernels": [0.5]}
+    out = capsys.readouterr().out
+    assert "[1/2] kernels mr k=64 seed 13 (resuming, at most 2 min, 7 min left)" in out
+    assert "[2/2] kernels mr k=64 seed 21 (expected 2 min, 6 min left)" in out
+
+
+def test_stored_work_is_looked_for_where_each_kind_of_job_keeps_it(tmp_path):
+    config = _study(tmp_path, "split", ["full"])
+    fit13, fit21 = StudyJob("fit", "mr", 64, seed=13), StudyJob("fit", "mr", 64, seed=21)
+    evaluate, train = StudyJob("evaluate", "mr", 64), StudyJob("train", "mr", 64, "full", 13)
+    jobs = [fit13, fit21, evaluate, train, StudyJob("kernels", "mr", 64)]
+    assert not any(rocoft_study.resumes_stored_work(job, config) for job in jobs)
+    split = rocoft_study.kernel_folder(fit13, config)
+    (split / "seed-13" / "blocks").mkdir(parents=True)
+    assert not rocoft_study.resumes_stored_work(fit13, config)  # an empty folder holds no work
+    (split / "seed-13" / "blocks" / "dev-0-0.safetensors").write_bytes(b"")
+    assert [rocoft_study.resumes_stored_work(job, config) for job in jobs] == [True, False, False, False, False]
+    (split / "eval-projections").mkdir()
+    (split / "eval-projections" / "part-0.safetensors").write_bytes(b"")
+    train_folder = Path(rocoft_study.train_config(train, config).out)
+    train_folder.mkdir(parents=True)
+    (train_folder / "checkpoint.pt").write_bytes(b"")
+    assert [rocoft_study.resumes_stored_work(job, config) for job in jobs] == [True, False, True, True, False]
