@@ -248,7 +248,6 @@ def train_config(job: StudyJob, config: StudyConfig):
 
 # ---- running the jobs ------------------------------------------------------------------------------------------
 
-
 def kernel_folder(job: StudyJob, config: StudyConfig) -> Path:
     """The ntk-compare output folder of a kernel job: ``split/`` holds every seed's stores where the task's
     evaluation job reads them back; a one-seed job's stores (and projections) are its own."""
