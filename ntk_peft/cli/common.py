@@ -33,7 +33,8 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     try:
         return int(main(argv) or 0)
     except UserError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
+        sys.stderr.write(f"{name}: error: {err}\n")  # one write: ranks sharing a stderr do not interleave lines
+        sys.stderr.flush()
         return EXIT_USER_ERROR
     except SystemExit as stop:  # argparse's own exits (--help, usage errors)
         return stop.code if isinstance(stop.code, int) else EXIT_USER_ERROR

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         code = _compare(args)
         finished = True
         return code
+    except distributed.AgreedError:  # every rank stopped at the same check: they leave together
+        finished = True
+        raise
     finally:
         if launched:
             distributed.shutdown(wait=finished)
@@ -110,11 +113,14 @@ def _compare(args: argparse.Namespace) -> int:
     from ntk_peft.ntk import distributed
     from ntk_peft.tasks import get_task
 
-    task = resolve_task(args)
-    prompt = {}
-    if get_task(task).source is None:  # a built-in task with another prompt (a task of your own has it built in)
-        prompt = {k: v for k, v in (("template", args.template), ("label_words", parse_label_words(args.label_words)))
-                  if v is not None}
+    def task_and_prompt() -> tuple[str, dict]:
+        task, prompt = resolve_task(args), {}
+        if get_task(task).source is None:  # a built-in task with another prompt (one of your own has it built in)
+            prompt = {k: v for k, v in (("template", args.template),
+                                        ("label_words", parse_label_words(args.label_words))) if v is not None}
+        return task, prompt
+
+    task, prompt = distributed.agreed(task_and_prompt)  # under torchrun a bad argument stops every rank here
     results = run_compare(task, args.subset, prompt=prompt or None, k=args.k, seeds=args.seeds, model_name=args.model,
                           solver=args.solver, max_eval=args.max_eval, out=args.out, data_dir=args.data_dir,
                           block_size=args.block_size, lam=args.lam, offset=args.offset,

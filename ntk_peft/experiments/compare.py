@@ -396,43 +396,49 @@ def run_compare(task: str, subsets: list[str], *, k: int = 16, seeds=None,
     entries without accuracies}``. A later call over the same ``out`` reads them back and scores the
     evaluation set, one pass for all its seeds: fitting seed by seed costs no extra evaluation pass.
     """
-    spec = get_task(task)
-    for text in subsets:
-        parse_spec(text)  # bad specs fail before any work
-    kernel_types = list(dict.fromkeys(KernelType.parse(t) for t in kernels))
-    if not kernel_types:
-        raise UserError("no kernel types given; valid: ntk, signgd, asymmetric_signgd")
-    if KernelType.ASYMMETRIC_SIGNGD in kernel_types and len(spec.labels) != 2:
-        raise UserError(f"the asymmetric SignGD kernel's solver (AsK-LS) is for two classes; {spec.name} has "
-                        f"{len(spec.labels)}")
-    if dev_predictions not in DEV_PREDICTIONS:
-        raise UserError(f"unknown dev predictions {dev_predictions!r}; valid: {', '.join(DEV_PREDICTIONS)}")
-    if dev_predictions == "projections" and kernel_types != [KernelType.NTK]:
-        raise UserError("dev predictions by projections are for the NTK only; sign kernels pick λ from dev "
-                        "kernels (use dev predictions by kernels)")
-    if dev_predictions == "projections" and solver == "svm" and len(spec.labels) > 2:
-        raise UserError(f"the multi-class SVM has no direction form, so it cannot pick λ from projections on "
-                        f"{spec.name} ({len(spec.labels)} classes); use dev predictions by kernels")
-    if eval_kernels and kernel_types != [KernelType.NTK]:
-        raise UserError("--eval-kernels computes eval kernels of the NTK only; sign kernels are scored by "
-                        "projections (drop --eval-kernels)")
-    checkpoint = resolve_checkpoint(adapter_checkpoint, model_name) if adapter_checkpoint is not None else None
-    if seeds is None:
-        seeds = [checkpoint.seed] if checkpoint is not None and checkpoint.seed is not None else list(DEFAULT_SEEDS)
-    out = check_output_dir(out or default_out(spec.name, model_name, k, adapter_checkpoint))  # before any work
-    results_path = out / "results.json"
-    described = checkpoint.describe() if checkpoint is not None else None
-    if results_path.is_file():
-        previous = json.loads(results_path.read_text())
-        if (previous.get("task") != spec.name or previous.get("model") != model_name or previous.get("k") != k
-                or (previous.get("adapter_checkpoint") or {}).get("path") != (described or {}).get("path")):
-            raise UserError(f"{out} holds results of another run (task {previous.get('task')}, model "
-                            f"{previous.get('model')}, k {previous.get('k')}, checkpoint "
-                            f"{(previous.get('adapter_checkpoint') or {}).get('path')}); choose another --out")
-    for seed in seeds:  # check every split before the long work starts
-        load_split(spec, k, seed, data_dir)
-    model, tokenizer = ntk_peft.load_model(model_name)
-    model = model.to(distributed.device())  # this rank's GPU under nccl
+    def checked_inputs():  # every check before the long work; under torchrun every rank stops at a failing one
+        seeds_ = seeds
+        spec = get_task(task)
+        for text in subsets:
+            parse_spec(text)  # bad specs fail before any work
+        kernel_types = list(dict.fromkeys(KernelType.parse(t) for t in kernels))
+        if not kernel_types:
+            raise UserError("no kernel types given; valid: ntk, signgd, asymmetric_signgd")
+        if KernelType.ASYMMETRIC_SIGNGD in kernel_types and len(spec.labels) != 2:
+            raise UserError(f"the asymmetric SignGD kernel's solver (AsK-LS) is for two classes; {spec.name} has "
+                            f"{len(spec.labels)}")
+        if dev_predictions not in DEV_PREDICTIONS:
+            raise UserError(f"unknown dev predictions {dev_predictions!r}; valid: {', '.join(DEV_PREDICTIONS)}")
+        if dev_predictions == "projections" and kernel_types != [KernelType.NTK]:
+            raise UserError("dev predictions by projections are for the NTK only; sign kernels pick λ from dev "
+                            "kernels (use dev predictions by kernels)")
+        if dev_predictions == "projections" and solver == "svm" and len(spec.labels) > 2:
+            raise UserError(f"the multi-class SVM has no direction form, so it cannot pick λ from projections on "
+                            f"{spec.name} ({len(spec.labels)} classes); use dev predictions by kernels")
+        if eval_kernels and kernel_types != [KernelType.NTK]:
+            raise UserError("--eval-kernels computes eval kernels of the NTK only; sign kernels are scored by "
+                            "projections (drop --eval-kernels)")
+        checkpoint = resolve_checkpoint(adapter_checkpoint, model_name) if adapter_checkpoint is not None else None
+        if seeds_ is None:
+            seeds_ = [checkpoint.seed] if checkpoint is not None and checkpoint.seed is not None else list(DEFAULT_SEEDS)
+        folder = check_output_dir(out or default_out(spec.name, model_name, k, adapter_checkpoint))  # before any work
+        results_path = folder / "results.json"
+        described = checkpoint.describe() if checkpoint is not None else None
+        if results_path.is_file():
+            previous = json.loads(results_path.read_text())
+            if (previous.get("task") != spec.name or previous.get("model") != model_name or previous.get("k") != k
+                    or (previous.get("adapter_checkpoint") or {}).get("path") != (described or {}).get("path")):
+                raise UserError(f"{folder} holds results of another run (task {previous.get('task')}, model "
+                                f"{previous.get('model')}, k {previous.get('k')}, checkpoint "
+                                f"{(previous.get('adapter_checkpoint') or {}).get('path')}); choose another --out")
+        for seed in seeds_:  # check every split before the long work starts
+            load_split(spec, k, seed, data_dir)
+        model, tokenizer = ntk_peft.load_model(model_name)
+        model = model.to(distributed.device())  # this rank's GPU under nccl
+        return spec, kernel_types, checkpoint, seeds_, folder, results_path, described, model, tokenizer
+
+    spec, kernel_types, checkpoint, seeds, out, results_path, described, model, tokenizer = distributed.agreed(
+        checked_inputs)
     started = time.perf_counter()
     kernel_names = ["full", *[s for s in subsets if s != "full"]]
     calibration_seed = seeds[0] if calibration_seed is None else calibration_seed

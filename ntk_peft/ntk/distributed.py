@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,11 @@ from ntk_peft.errors import UserError
 # Ranks wait for each other at the end of a phase; a long phase on one rank must not time out the others.
 DEFAULT_TIMEOUT = datetime.timedelta(hours=48)
 _control_group = None
+T = TypeVar("T")
+
+
+class AgreedError(UserError):
+    """A `UserError` that every rank raises at the same point (see `agreed`): ranks may leave together."""
 
 
 def active() -> bool:
@@ -76,6 +81,27 @@ def all_gather(value: Any) -> list[Any]:
     return out
 
 
+def agreed(step: Callable[[], T]) -> T:
+    """``step()`` on every rank, and when it raises a `UserError` on any rank, an `AgreedError` with the
+    first failing rank's message on every rank.
+
+    For the checks before the long work (task, model, output folder): every rank stops at the same point,
+    so each can print the one-line error and leave, instead of one rank leaving while another is still on
+    its way there (torchrun then ends it before it has said anything) or waits for it in a collective.
+    In a single process ``step()`` runs as it is.
+    """
+    if not active():
+        return step()
+    try:
+        value, message = step(), None
+    except UserError as err:
+        value, message = None, str(err)
+    failed = [m for m in all_gather(message) if m is not None]
+    if failed:
+        raise AgreedError(failed[0])
+    return value
+
+
 def init_from_env() -> bool:
     """Join the process group that ``torchrun`` describes in the environment; False when not launched so.
 
@@ -97,8 +123,9 @@ def init_from_env() -> bool:
 
 
 def shutdown(wait: bool = True) -> None:
-    """Leave the process group, after a last barrier when ``wait`` (not after an error on this rank:
-    the other ranks may never reach it; torchrun ends them when this one exits)."""
+    """Leave the process group, after a last barrier when ``wait`` (not after an error on this rank alone:
+    the other ranks may never reach it; torchrun ends them when this one exits. After an `AgreedError`
+    every rank is here, so wait: no rank leaves before the others have their error in hand)."""
     global _control_group
     if dist.is_available() and dist.is_initialized():
         if wait:

@@ -135,6 +135,55 @@ def test_a_bad_argument_under_torchrun_ends_every_rank_with_the_one_line_error(t
     assert len(lines) >= 2 and all("nosuch" in line for line in lines)  # one per rank, no hang
 
 
+AGREED_SCRIPT = """
+import sys
+from ntk_peft.cli.common import run_cli
+from ntk_peft.errors import UserError
+from ntk_peft.ntk import distributed
+
+
+def main(argv):
+    distributed.init_from_env()
+
+    def check():
+        if distributed.rank() == 1:  # the last rank, and the only one that finds anything wrong
+            raise UserError("rank 1 alone finds this wrong")
+        return "fine"
+
+    try:
+        distributed.agreed(check)
+        print("went on", flush=True)
+    finally:
+        distributed.shutdown(wait=True)
+
+
+sys.exit(run_cli(main, prog="agreed"))
+"""
+
+
+def test_an_error_on_one_rank_in_an_agreed_step_stops_every_rank_with_its_line(tmp_path):
+    script = tmp_path / "agreed.py"
+    script.write_text(AGREED_SCRIPT)
+    done = torchrun(2, str(script), timeout=300)
+    assert done.returncode != 0 and "went on" not in done.stdout  # rank 0 did not go on past the check
+    lines = [line for line in done.stderr.splitlines() if line.startswith("agreed: error:")]
+    assert lines == ["agreed: error: rank 1 alone finds this wrong"] * 2, done.stderr[-3000:]
+
+
+def test_an_agreed_step_in_one_process_is_the_step_itself():
+    from ntk_peft.errors import UserError
+    from ntk_peft.ntk import distributed
+
+    assert distributed.agreed(lambda: 7) == 7
+
+    def fails():
+        raise UserError("as it was")
+
+    with pytest.raises(UserError, match="as it was") as caught:
+        distributed.agreed(fails)
+    assert type(caught.value) is UserError  # raised as it is, not re-made
+
+
 def test_the_documented_multi_node_command_with_two_nodes_on_this_machine(one_process, tmp_path):
     """README's N-machine line with N = 2 (both 'nodes' here, on loopback), --out on the shared folder."""
     import socket
